@@ -1,0 +1,108 @@
+/* outwatch: process lineage captured in the kernel: fork (parent), exec (filename, argv), exit.
+ * What dies with a 2 ms process is recorded here, before /proc can be read. */
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    struct ow_fork f = {};
+    u32 child = args->child_pid;
+
+    f.ppid = bpf_get_current_pid_tgid() >> 32;
+    f.start_ns = bpf_ktime_get_ns();
+    forks.update(&child, &f);
+    return 0;
+}
+
+/* argv is user memory of the old image: it must be read at syscall entry, before the exec. */
+static __always_inline int ow_capture_argv(const char *const *argv)
+{
+    u32 zero = 0;
+    struct ow_exec *e = exec_scratch.lookup(&zero);
+    if (!e)
+        return 0;
+
+    u32 off = 0;
+    u32 argc = 0;
+    u32 flags = 0;
+    for (int i = 0; i < OW_MAX_ARGS; i++) {
+        const char *p = NULL;
+        if (bpf_probe_read_user(&p, sizeof(p), &argv[i]) || !p)
+            goto done;
+        if (off > OW_ARGS_BUF - OW_ARG_MAX) {
+            flags |= OW_EXEC_ARGS_TRUNCATED;
+            goto done;
+        }
+        long n = bpf_probe_read_user_str(&e->args[off], OW_ARG_MAX, p);
+        if (n <= 0)
+            goto done;
+        if (n == OW_ARG_MAX)
+            flags |= OW_EXEC_ARGS_TRUNCATED;
+        off += n;
+        argc++;
+    }
+    {
+        const char *more = NULL;
+        if (!bpf_probe_read_user(&more, sizeof(more), &argv[OW_MAX_ARGS]) && more)
+            flags |= OW_EXEC_ARGS_TRUNCATED;
+    }
+done:
+    e->argc = argc;
+    e->args_len = off;
+    e->flags = flags;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_args.update(&tid, e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    return ow_capture_argv(args->argv);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+    return ow_capture_argv(args->argv);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 old = args->old_pid;
+    struct ow_exec *e = exec_args.lookup(&old);
+    if (!e) {
+        u32 zero = 0;
+        e = exec_scratch.lookup(&zero);
+        if (!e)
+            return 0;
+        e->argc = 0;
+        e->args_len = 0;
+        e->flags = OW_EXEC_NO_ARGV;
+    }
+    ow_fill_header(&e->h, OW_EV_EXEC);
+    e->old_pid = old;
+    unsigned short loc = args->data_loc_filename & 0xFFFF;
+    bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + loc);
+
+    u32 len = e->args_len;
+    if (len > OW_ARGS_BUF)
+        len = OW_ARGS_BUF;
+    len += offsetof(struct ow_exec, args);
+    if (events.ringbuf_output(e, len, 0))
+        ow_count_lost(OW_EV_EXEC);
+    exec_args.delete(&old);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_args.delete(&tid);
+    if (!args->group_dead)
+        return 0;
+    struct ow_exit *e = events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        ow_count_lost(OW_EV_EXIT);
+        return 0;
+    }
+    ow_fill_header(&e->h, OW_EV_EXIT);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
