@@ -217,6 +217,13 @@ class KernelProbes:
         """Wait up to timeout_ms for records; each one goes to the callback given to start()."""
         self._bpf.ring_buffer_poll(timeout_ms)
 
+    def fork_parent(self, pid: int) -> tuple[int, int] | None:
+        """(parent pid, fork time) from the kernel's fork map, for a process that never exec'd."""
+        if self._bpf is None:
+            return None
+        leaf = self._bpf["forks"].get(ctypes.c_uint32(pid))
+        return (leaf.ppid, leaf.start_ns) if leaf is not None else None
+
     def lost(self) -> dict[str, int]:
         """Ring buffer reservations that failed since start, by record type (summed over CPUs)."""
         table = self._bpf["lost"]
@@ -227,7 +234,7 @@ class KernelProbes:
 
     def sweep_udp(self, now_ns: int | None = None) -> list[ConnectRecord]:
         """Repeats counted in the kernel for UDP flows idle past the window, as records to report."""
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
         table = self._bpf["udp_flows"]
         out: list[ConnectRecord] = []
         for key, val in list(table.items()):

@@ -1,0 +1,3 @@
+from outwatch.cli import main
+
+main()

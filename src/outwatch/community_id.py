@@ -1,0 +1,18 @@
+"""Community ID v1 flow hashes (corelight's spec), for correlating with Zeek, Suricata and Elastic."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import struct
+
+
+def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int, seed: int = 0) -> str:
+    """`1:<base64 sha1>` of the flow, ordered so both directions give the same id."""
+    src = ipaddress.ip_address(src_ip).packed
+    dst = ipaddress.ip_address(dst_ip).packed
+    if (src, src_port) > (dst, dst_port):
+        src, dst, src_port, dst_port = dst, src, dst_port, src_port
+    data = struct.pack("!H", seed) + src + dst + struct.pack("!BxHH", proto, src_port, dst_port)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()

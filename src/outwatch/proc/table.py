@@ -1,0 +1,227 @@
+"""The process table: seeded from /proc at start, kept current by the kernel's exec/exit records.
+
+Facts that die with a process (parent, executable, argv, start) come from the kernel records. Facts
+only /proc has (cwd, the executable's inode and whether it was deleted, the cgroup) are read once
+per process, the first time it connects, and only after checking the pid is still the same
+incarnation. Exited processes stay for LINGER_NS so late records (a TCP outcome) still resolve.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from outwatch.kernel.records import ExecRecord, Header
+from outwatch.proc.cgroup import CgroupInfo, read_cgroup
+from outwatch.proc.exeinfo import ExeFacts, exe_facts
+from outwatch.proc.identity import entity_id, read_stat
+
+LINGER_NS = 60_000_000_000
+MAX_ANCESTORS = 32
+
+
+def text(raw: bytes) -> str:
+    """Kernel bytes to str: invalid UTF-8 is kept visible as \\x escapes, never dropped."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+@dataclass(slots=True)
+class Proc:
+    pid: int
+    ppid: int
+    start_ns: int  # CLOCK_BOOTTIME ns of the fork, 0 when unknown
+    comm: str
+    exe: str | None = None
+    argv: list[str] = field(default_factory=list)
+    uid: int | None = None
+    cwd: str | None = None
+    exe_from: str = "missing"  # kernel | exec | proc | inherited | missing
+    args_from: str = "missing"
+    args_truncated: bool = False
+    exited_ns: int = 0
+    facts: ExeFacts | None = None
+    cgroup: CgroupInfo | None = None
+    probed: bool = False  # /proc facts were looked up (once per image)
+    cache: dict | None = None  # the ECS process object, built once per image by event.py
+
+    @property
+    def entity_id(self) -> str:
+        return entity_id(self.pid, self.start_ns)
+
+
+class ProcessTable:
+    def __init__(self, parent_of: Callable[[int], tuple[int, int] | None] | None = None) -> None:
+        """parent_of(pid) -> (ppid, start_ns) from the kernel's fork map, for processes that forked
+        after start and never exec'd (a subshell, the middle of a double fork)."""
+        self.procs: dict[int, Proc] = {}
+        self._parent_of = parent_of
+        self._exited: deque[tuple[int, int]] = deque()
+        self._users: dict[int, str | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.procs)
+
+    def seed(self) -> None:
+        """Every process now in /proc (run after the probes are attached, so none falls between)."""
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                pid = int(entry.name)
+                if pid not in self.procs:
+                    self._from_proc(pid)
+
+    def _from_proc(self, pid: int) -> Proc | None:
+        stat = read_stat(pid)
+        if stat is None:
+            return None
+        comm, ppid, start_ns = stat
+        proc = Proc(pid, ppid, start_ns, comm)
+        self._probe(proc)
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            proc.argv = [text(a) for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+            proc.args_from = "proc"
+            proc.uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            pass
+        self.procs[pid] = proc
+        return proc
+
+    def _probe(self, proc: Proc) -> None:
+        """Read what only /proc knows, once, if the pid is still this process."""
+        proc.probed = True
+        stat = read_stat(proc.pid)
+        if stat is None or (proc.start_ns and abs(stat[2] - proc.start_ns) > 20_000_000):
+            return
+        facts = exe_facts(proc.pid)
+        if facts is not None:
+            proc.facts = facts
+            proc.exe = facts.path
+            proc.exe_from = "proc"
+        try:
+            proc.cwd = os.readlink(f"/proc/{proc.pid}/cwd")
+        except OSError:
+            pass
+        proc.cgroup = read_cgroup(proc.pid)
+
+    def get(self, h: Header) -> Proc:
+        """The process of a kernel record, created from the record (and /proc) when unknown."""
+        proc = self.procs.get(h.pid)
+        if proc is not None and h.start_ns and proc.start_ns and proc.start_ns != h.start_ns:
+            proc = None  # the pid was reused since we last saw it
+        if proc is None:
+            proc = self._from_kernel(h.pid, h.ppid, h.start_ns, text(h.comm))
+        if h.uid >= 0:
+            proc.uid = h.uid
+        if not proc.probed:
+            self._probe(proc)
+        return proc
+
+    def _from_kernel(self, pid: int, ppid: int, start_ns: int, comm: str) -> Proc:
+        if not ppid and self._parent_of is not None:
+            ppid, start_ns = self._parent_of(pid) or (0, start_ns)
+        proc = Proc(pid, ppid, start_ns, comm)
+        parent = self.lookup(ppid) if ppid else None
+        if parent is not None:
+            # forked without an exec (yet): the parent's image
+            proc.exe, proc.argv, proc.cwd = parent.exe, parent.argv, parent.cwd
+            proc.exe_from = proc.args_from = "inherited" if parent.exe else "missing"
+            proc.uid, proc.cgroup = parent.uid, parent.cgroup
+        if not ppid or not start_ns:
+            stat = read_stat(pid)
+            if stat is not None:
+                proc.ppid = proc.ppid or stat[1]
+                proc.start_ns = proc.start_ns or stat[2]
+        self.procs[pid] = proc
+        return proc
+
+    def lookup(self, pid: int) -> Proc | None:
+        """A process by pid, from the table, the kernel's fork map, or /proc."""
+        proc = self.procs.get(pid)
+        if proc is not None:
+            return proc
+        if self._parent_of is not None:
+            known = self._parent_of(pid)
+            if known is not None:
+                return self._from_kernel(pid, known[0], known[1], "")
+        return self._from_proc(pid)
+
+    def on_exec(self, rec: ExecRecord) -> Proc:
+        h = rec.h
+        proc = self.procs.get(h.pid)
+        if proc is None or (h.start_ns and proc.start_ns and proc.start_ns != h.start_ns):
+            proc = Proc(h.pid, h.ppid, h.start_ns, text(h.comm))
+            self.procs[h.pid] = proc
+            if not h.ppid or not h.start_ns:
+                stat = read_stat(h.pid)
+                if stat is not None:
+                    proc.ppid = proc.ppid or stat[1]
+                    proc.start_ns = proc.start_ns or stat[2]
+        elif h.ppid:
+            proc.ppid = h.ppid
+        proc.comm = text(h.comm)
+        proc.uid = h.uid
+        filename = text(rec.filename)
+        if filename.startswith("/"):
+            proc.exe, proc.exe_from = filename, "exec"
+        else:
+            base = self._cwd_hint(proc)
+            proc.exe = os.path.normpath(os.path.join(base, filename)) if base else filename
+            proc.exe_from = "exec"
+        if rec.no_argv:
+            proc.argv, proc.args_from = [], "missing"
+        else:
+            proc.argv, proc.args_from = [text(a) for a in rec.argv], "exec"
+        proc.args_truncated = rec.args_truncated
+        proc.facts, proc.probed, proc.cache = None, False, None
+        return proc
+
+    def _cwd_hint(self, proc: Proc) -> str | None:
+        """Where a relative exec path was resolved: the process's cwd, else its parent's."""
+        for pid in (proc.pid, proc.ppid):
+            try:
+                return os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+        return proc.cwd
+
+    def on_exit(self, h: Header) -> None:
+        proc = self.procs.get(h.pid)
+        if proc is not None and not proc.exited_ns:
+            proc.exited_ns = h.ts_ns
+            self._exited.append((h.ts_ns, h.pid))
+
+    def expire(self, now_ns: int) -> None:
+        """Forget processes that exited more than LINGER_NS ago."""
+        while self._exited and now_ns - self._exited[0][0] > LINGER_NS:
+            ts, pid = self._exited.popleft()
+            proc = self.procs.get(pid)
+            if proc is not None and proc.exited_ns == ts:
+                del self.procs[pid]
+
+    def ancestors(self, proc: Proc) -> list[Proc]:
+        """Parent first, up to pid 1 (bounded; a cycle from pid reuse stops the walk)."""
+        chain: list[Proc] = []
+        seen = {proc.pid}
+        pid = proc.ppid
+        while pid and pid not in seen and len(chain) < MAX_ANCESTORS:
+            seen.add(pid)
+            parent = self.lookup(pid)
+            if parent is None:
+                break
+            chain.append(parent)
+            pid = parent.ppid
+        return chain
+
+    def user_name(self, uid: int | None) -> str | None:
+        if uid is None or uid < 0:
+            return None
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]

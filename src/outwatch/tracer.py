@@ -1,0 +1,269 @@
+"""The live tracer's loop: ring buffer -> decode -> process table -> event -> score -> sinks.
+
+One thread runs the loop; records are handled in the order the kernel queued them, so a process's
+exec is in the table before its connects are enriched. Sinks never block it (sinks/).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from outwatch.encode import encode
+from outwatch.event import ECS_VERSION, EventBuilder, Outcome, rfc3339_ns
+from outwatch.flows import PendingConnects
+from outwatch.kernel.probes import KernelProbes
+from outwatch.kernel.records import (
+    EV_NAMES,
+    ConnectRecord,
+    ExecRecord,
+    ExitRecord,
+    Record,
+    TcpStateRecord,
+)
+from outwatch.pretty import format_event
+from outwatch.proc.hashes import HashCache
+from outwatch.proc.identity import Clock
+from outwatch.proc.table import Proc, ProcessTable
+
+POLL_MS = 50
+UDP_SWEEP_NS = 500_000_000
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+class Sinks(Protocol):
+    def emit(self, line: bytes) -> None: ...
+    def stats(self) -> Any: ...
+    def reopen(self) -> None: ...
+    def close(self, timeout: float = 5.0) -> None: ...
+
+
+class Scorer(Protocol):
+    def score(self, event: dict) -> None: ...
+
+
+@dataclass(slots=True)
+class Filters:
+    """Narrowing for an investigation: a record must match every filter given."""
+
+    pids: frozenset[int] = frozenset()
+    uids: frozenset[int] = frozenset()
+    exe_globs: tuple[str, ...] = ()
+    ports: frozenset[int] = frozenset()
+
+    def match(self, rec: ConnectRecord, proc: Proc) -> bool:
+        if self.pids and rec.h.pid not in self.pids:
+            return False
+        if self.uids and (proc.uid if rec.h.uid < 0 else rec.h.uid) not in self.uids:
+            return False
+        if self.ports and rec.dport not in self.ports:
+            return False
+        return not self.exe_globs or any(fnmatch.fnmatchcase(proc.exe or "", g) for g in self.exe_globs)
+
+
+@dataclass(slots=True)
+class WatchOptions:
+    probes: str = "auto"
+    include_loopback: bool = False
+    pretty: bool = False
+    filters: Filters = field(default_factory=Filters)
+    min_severity: str | None = None
+    metrics_interval: float = 10.0
+
+
+class Tracer:
+    def __init__(self, opts: WatchOptions, sinks: Sinks, scorer: Scorer | None = None,
+                 load_scorer: Callable[[], Scorer] | None = None,
+                 on_alert: Callable[[dict], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.opts = opts
+        self.sinks = sinks
+        self.scorer = scorer
+        self._load_scorer = load_scorer
+        self._on_alert = on_alert
+        self._log = log or (lambda msg: print(f"outwatch: {msg}", file=sys.stderr, flush=True))
+        self.probes = KernelProbes(opts.probes, opts.include_loopback)
+        self.clock = Clock()
+        self.table = ProcessTable()
+        self.hashes: HashCache | None = None
+        self.builder: EventBuilder | None = None
+        self.pending = PendingConnects()
+        self._records: list[Record] = []
+        self._stop = False
+        self._reload = False
+        self.seen: Counter[str] = Counter()
+        self.emitted = 0
+        self.filtered = 0
+        self.sequence = 0
+        self.started_wall_ns = time.time_ns()
+        self.ready_after_s: float | None = None
+        self._min_rank = SEVERITIES.index(opts.min_severity) if opts.min_severity else 0
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> str:
+        """Attach the probes and seed the process table; returns the probe choice for the user."""
+        t0 = time.monotonic()
+        choice = self.probes.start(self._on_record)
+        self.table = ProcessTable(parent_of=self.probes.fork_parent)
+        self.table.seed()
+        self.hashes = HashCache()
+        self.builder = EventBuilder(self.table, self.clock, self.hashes)
+        self.ready_after_s = time.monotonic() - t0
+        return f"probes: {choice.probe_set} ({choice.reason}); {self.probes.headers_note}"
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def request_reload(self, *_: object) -> None:
+        self._reload = True
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Loop until stop() (a signal) or until() says so; then flush everything."""
+        next_metric = Clock.now_boot_ns() + int(self.opts.metrics_interval * 1e9)
+        next_sweep = Clock.now_boot_ns() + UDP_SWEEP_NS
+        try:
+            while not self._stop and not (until and until()):
+                self.probes.poll(POLL_MS)
+                self.drain()
+                now = Clock.now_boot_ns()
+                for rec, outcome in self.pending.flush(now):
+                    self._emit_connect(rec, outcome)
+                if now >= next_sweep:
+                    for rec in self.probes.sweep_udp(now):
+                        self._connect(rec)
+                    next_sweep = now + UDP_SWEEP_NS
+                if now >= next_metric:
+                    self.emit(self.metric_event())
+                    next_metric = now + int(self.opts.metrics_interval * 1e9)
+                self.table.expire(now)
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        self.probes.poll(0)
+        self.drain()
+        for rec in self.probes.sweep_udp(1 << 62):
+            self._connect(rec)
+        for rec, outcome in self.pending.drain():
+            self._emit_connect(rec, outcome)
+        self.emit(self.metric_event())
+        self.probes.close()
+        if self.hashes is not None:
+            self.hashes.close()
+
+    def reload(self) -> None:
+        """SIGHUP: reopen file outputs, reload rules (a failed reload keeps the running rules)."""
+        self.sinks.reopen()
+        if self._load_scorer is None:
+            return
+        try:
+            self.scorer = self._load_scorer()
+            self._log("rules reloaded")
+        except Exception as exc:  # a broken rules file must not stop the tracer
+            message = getattr(exc, "message", str(exc))
+            self._log(f"rules reload failed, keeping the running rules: {message}")
+
+    # -- records --------------------------------------------------------------------------------
+    def _on_record(self, rec: Record) -> None:
+        self._records.append(rec)
+
+    def drain(self) -> None:
+        records, self._records = self._records, []
+        for rec in records:
+            self.handle(rec)
+
+    def handle(self, rec: Record) -> None:
+        if isinstance(rec, ConnectRecord):
+            self.seen["connect"] += 1
+            self._connect(rec)
+        elif isinstance(rec, ExecRecord):
+            self.seen["exec"] += 1
+            self.table.on_exec(rec)
+        elif isinstance(rec, TcpStateRecord):
+            self.seen["tcpstate"] += 1
+            for ready, outcome in self.pending.on_state(rec):
+                self._emit_connect(ready, outcome)
+        elif isinstance(rec, ExitRecord):
+            self.seen["exit"] += 1
+            self.table.on_exit(rec.h)
+
+    def _connect(self, rec: ConnectRecord) -> None:
+        if rec.protocol == 6 and not rec.denied:
+            for ready, outcome in self.pending.add(rec):
+                self._emit_connect(ready, outcome)
+            return
+        self._emit_connect(rec, Outcome("unknown"))
+
+    def _emit_connect(self, rec: ConnectRecord, outcome: Outcome) -> None:
+        proc = self.table.get(rec.h)
+        if not self.opts.filters.match(rec, proc):
+            self.filtered += 1
+            return
+        assert self.builder is not None
+        event = self.builder.connect_event(rec, proc, outcome)
+        if self.scorer is not None:
+            self.scorer.score(event)
+            severity = event.get("outwatch", {}).get("severity", "info")
+            if SEVERITIES.index(severity) < self._min_rank:
+                self.filtered += 1
+                return
+            if self._on_alert is not None and event["event"]["kind"] == "alert":
+                self._on_alert(event)
+        self.emit(event)
+
+    # -- output ---------------------------------------------------------------------------------
+    def emit(self, event: dict) -> None:
+        self.sequence += 1
+        event["event"]["sequence"] = self.sequence
+        if self.opts.pretty:
+            self.sinks.emit(format_event(event).encode() + b"\n")
+        else:
+            self.sinks.emit(encode(event))
+        self.emitted += 1
+
+    def stats(self) -> dict:
+        lost = self.probes.lost() if self.probes.choice else {}
+        sink_stats = self.sinks.stats()
+        dropped = 0
+        if isinstance(sink_stats, list | tuple):
+            dropped = sum(int(s.get("dropped", 0)) for s in sink_stats if isinstance(s, dict))
+        elif isinstance(sink_stats, dict):
+            dropped = int(sink_stats.get("dropped", 0))
+        return {
+            "records_seen": {name: self.seen.get(name, 0) for name in EV_NAMES.values()},
+            "lost_in_kernel": sum(lost.values()),
+            "lost_in_kernel_by_type": lost,
+            "dropped_in_userspace": dropped,
+            "events_emitted": self.emitted,
+            "events_filtered": self.filtered,
+            "processes_tracked": len(self.table),
+            "pending_connects": len(self.pending),
+            "queue_depth": len(self._records),
+            "sinks": sink_stats,
+        }
+
+    def metric_event(self) -> dict:
+        return {
+            "@timestamp": rfc3339_ns(time.time_ns()),
+            "ecs": {"version": ECS_VERSION},
+            "event": {"kind": "metric", "category": ["host"], "type": ["info"], "module": "outwatch",
+                      "dataset": "outwatch.metrics"},
+            "host": self.builder.host if self.builder else {},
+            "outwatch": {"metrics": self.stats(),
+                         "probe": self.probes.choice.probe_set if self.probes.choice else None},
+        }
+

@@ -1,0 +1,135 @@
+"""Shared fixtures: a real `outwatch watch` on the real kernel, and a compiled connect workload.
+
+Tests that need root or BPF fail (never skip) when they cannot run here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTWATCH = [sys.executable, "-m", "outwatch.cli"]
+PROGS = Path(__file__).resolve().parent / "progs"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root and a BPF-capable kernel (run `make test` as root)")
+
+
+def attached_outwatch_programs(pid: int | None = None) -> list[str]:
+    """Names of loaded BPF programs called ow_* (held by `pid`, or by anyone when None)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, check=True).stdout
+    found = []
+    for prog in orjson.loads(out):
+        if not prog.get("name", "").startswith("ow_"):
+            continue
+        holders = {p["pid"] for p in prog.get("pids", [])}
+        if pid is None or pid in holders or not holders:
+            found.append(prog["name"])
+    return found
+
+
+class Watch:
+    """A running `outwatch watch --format ndjson` writing to a file we read."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.path = tmp / "events.ndjson"
+        self.stderr_path = tmp / "stderr.txt"
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*OUTWATCH, "watch", "--format", "ndjson", "--output", str(self.path), *args],
+            stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=ROOT,
+        )
+        self._offset = 0
+        self._events: list[dict] = []
+        deadline = time.monotonic() + 60
+        while "probes:" not in self.stderr():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"outwatch watch did not start:\n{self.stderr()}")
+            time.sleep(0.05)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def lines(self) -> list[bytes]:
+        return self.path.read_bytes().splitlines() if self.path.exists() else []
+
+    def _read(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        self._events.extend(orjson.loads(line) for line in data[:end].splitlines() if line)
+
+    def wait_for(self, pred: Callable[[dict], bool], count: int = 1, timeout: float = 10.0) -> list[dict]:
+        """Events matching pred; fails the test if fewer than count arrive in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._read()
+            found = [e for e in self._events if pred(e)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                pytest.fail(f"expected {count} matching events, got {len(found)}; stderr:\n{self.stderr()}")
+            time.sleep(0.05)
+
+    def events(self) -> list[dict]:
+        self._read()
+        return list(self._events)
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def connect_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/progs/connect_once.c compiled with the system compiler."""
+    out = tmp_path_factory.mktemp("progs") / "connect_once"
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(PROGS / "connect_once.c")], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watch]:
+    """One live tracer shared by the tests of a session (loopback included, 1 s metrics)."""
+    require_root()
+    w = Watch(tmp_path_factory.mktemp("watch"), "--include-loopback", "--metrics-interval", "1")
+    yield w
+    w.stop()
+    assert not attached_outwatch_programs(), "BPF programs left loaded after outwatch exited"
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path) -> Callable[[Path, str], Path]:
+    """A copy of an executable under a temp directory."""
+
+    def make(src: Path, name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copy2(src, dst)
+        dst.chmod(0o755)
+        return dst
+
+    return make

@@ -1,0 +1,50 @@
+"""The BPF programs themselves: both probe sets compile and pass the verifier, and the Python
+decoder's layouts match the C structs BCC compiled."""
+
+from __future__ import annotations
+
+import ctypes
+
+from conftest import require_root
+from outwatch.kernel import headers, mounts
+from outwatch.kernel.probes import KPROBE_PROGRAMS, bpf_dir, import_bcc, program_text
+from outwatch.kernel.records import EXEC_HEAD, TCPSTATE, UDP_KEY
+
+
+def _compile(probe_set: str):
+    require_root()
+    headers.use_headers()
+    mounts.ensure_tracefs()
+    bcc = import_bcc()
+    return bcc, bcc.BPF(text=program_text(probe_set, 64), cflags=[f"-I{bpf_dir()}", "-w"])
+
+
+def test_kprobe_programs_pass_the_verifier() -> None:
+    bcc, b = _compile("kprobe")
+    try:
+        for fn_name, _kernel_fn in KPROBE_PROGRAMS:
+            assert b.load_func(fn_name, bcc.BPF.KPROBE).fd > 0
+    finally:
+        b.cleanup()
+
+
+def test_record_layouts_match_the_c_structs() -> None:
+    _bcc, b = _compile("cgroup")
+    try:
+        assert ctypes.sizeof(b["exec_args"].Leaf) == EXEC_HEAD.size + 8192
+        assert ctypes.sizeof(b["udp_flows"].Key) == UDP_KEY.size
+        exec_fields = dict(b["exec_args"].Leaf._fields_)
+        assert "args" in exec_fields and "filename" in exec_fields
+        assert TCPSTATE.size == 128
+    finally:
+        b.cleanup()
+
+
+def test_cgroup2_is_found_from_mountinfo() -> None:
+    text = (
+        "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+    )
+    assert str(mounts.cgroup2_mount(text)) == "/sys/fs/cgroup/unified"
+    assert mounts.cgroup2_mount("41 31 0:38 /sub /x rw - cgroup2 cgroup2 rw\n") is None
+    assert str(mounts.cgroup2_mount("1 1 0:1 / /my\\040cg rw - cgroup2 none rw\n")) == "/my cg"
