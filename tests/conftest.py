@@ -27,17 +27,26 @@ def require_root() -> None:
         pytest.fail("this test needs root and a BPF-capable kernel (run `make test` as root)")
 
 
-def attached_outwatch_programs(pid: int | None = None) -> list[str]:
-    """Names of loaded BPF programs called ow_* (held by `pid`, or by anyone when None)."""
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, check=True).stdout
-    found = []
-    for prog in orjson.loads(out):
-        if not prog.get("name", "").startswith("ow_"):
+def _held_prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds an fd of (program or link fds, from fdinfo)."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
             continue
-        holders = {p["pid"] for p in prog.get("pids", [])}
-        if pid is None or pid in holders or not holders:
-            found.append(prog["name"])
-    return found
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+def loaded_outwatch_programs(pid: int | None = None) -> dict[int, str]:
+    """Loaded BPF programs called ow_*, by id -> name (those held by `pid` when given)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, check=True).stdout
+    held = _held_prog_ids(pid) if pid is not None else None
+    return {p["id"]: p["name"] for p in orjson.loads(out)
+            if p.get("name", "").startswith("ow_") and (held is None or p["id"] in held)}
 
 
 class Watch:
@@ -118,8 +127,9 @@ def watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watch]:
     require_root()
     w = Watch(tmp_path_factory.mktemp("watch"), "--include-loopback", "--metrics-interval", "1")
     yield w
+    ids = set(loaded_outwatch_programs(w.proc.pid))
     w.stop()
-    assert not attached_outwatch_programs(), "BPF programs left loaded after outwatch exited"
+    assert ids and not ids & set(loaded_outwatch_programs()), "BPF programs left loaded after outwatch exited"
 
 
 @pytest.fixture

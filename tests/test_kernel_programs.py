@@ -4,10 +4,12 @@ decoder's layouts match the C structs BCC compiled."""
 from __future__ import annotations
 
 import ctypes
+import subprocess
 
 from conftest import require_root
+
 from outwatch.kernel import headers, mounts
-from outwatch.kernel.probes import KPROBE_PROGRAMS, bpf_dir, import_bcc, program_text
+from outwatch.kernel.probes import KPROBE_PROGRAMS, KernelProbes, bpf_dir, import_bcc, program_text
 from outwatch.kernel.records import EXEC_HEAD, TCPSTATE, UDP_KEY
 
 
@@ -48,3 +50,17 @@ def test_cgroup2_is_found_from_mountinfo() -> None:
     assert str(mounts.cgroup2_mount(text)) == "/sys/fs/cgroup/unified"
     assert mounts.cgroup2_mount("41 31 0:38 /sub /x rw - cgroup2 cgroup2 rw\n") is None
     assert str(mounts.cgroup2_mount("1 1 0:1 / /my\\040cg rw - cgroup2 none rw\n")) == "/my cg"
+
+
+def test_ring_buffer_losses_are_counted() -> None:
+    """A one-page ring buffer that nobody reads: exec records (argv up to 8 KiB) cannot all fit, and
+    every failed reservation shows in the loss counters."""
+    require_root()
+    seen: list[object] = []
+    with KernelProbes(include_loopback=True, ringbuf_pages=1) as probes:
+        probes.start(seen.append)
+        for _ in range(20):
+            subprocess.run(["/bin/true", "x" * 2000, "y" * 2000], check=True)
+        lost = probes.lost()
+    assert lost["exec"] > 0
+    assert set(lost) == {"connect", "exec", "exit", "tcpstate", "tcperror"}

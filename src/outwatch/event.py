@@ -16,7 +16,7 @@ from outwatch.community_id import community_id
 from outwatch.kernel.records import ConnectRecord, TcpStateRecord
 from outwatch.proc.hashes import HashCache
 from outwatch.proc.identity import Clock, host_id
-from outwatch.proc.table import Proc, ProcessTable
+from outwatch.proc.table import Proc, ProcessTable, text
 
 ECS_VERSION = "9.4.0"
 TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
@@ -120,6 +120,8 @@ class EventBuilder:
         process, ow_process = self.process_part(proc)
         process = dict(process)
         process["thread"] = {"id": h.tid}
+        if h.comm:
+            process["name"] = text(h.comm)  # the name at connect time: prctl(PR_SET_NAME) shows here
         if self.hashes is not None and proc.facts is not None:
             digest = self.hashes.get(proc.pid, proc.facts)
             if digest:

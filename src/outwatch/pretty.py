@@ -45,8 +45,9 @@ def format_event(ev: dict) -> str:
     repeat = f" x{ow['repeat']}" if ow.get("repeat", 1) > 1 else ""
     severity = ow.get("severity")
     mark = _SEVERITY_MARK.get(severity or "", "   ")
-    score = f" [{severity} {ow.get('score')}: {ow.get('rule', '') or (ev.get('rule') or {}).get('id', '')}]" \
-        if severity and severity not in ("info",) else ""
+    score = ""
+    if severity and severity != "info":
+        score = f" [{severity} {ow.get('score')} {ev.get('rule', {}).get('id', '')}]"
     return (
         f"{mark}{ts} {proc.get('pid', '?'):>7} {safe(user, 10):<10} "
         f"{safe(proc.get('executable') or proc.get('name', '?'), 40)} {safe(args, _ARGS_WIDTH)}"

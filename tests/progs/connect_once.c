@@ -7,6 +7,7 @@
  *   --rename NAME    prctl(PR_SET_NAME) before connecting
  *   --daemon         double-fork; the grandchild connects and prints its pid and its parent's
  *   --linger MS      stay alive MS milliseconds after connecting
+ * HOST and PORT are the last two arguments: anything before them is ignored (hostile-argv tests).
  * Prints "pid=<pid> ppid=<parent at connect>" on stdout before connecting. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -31,8 +32,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--rename") && i + 1 < argc) rename_to = argv[++i];
         else if (!strcmp(argv[i], "--linger") && i + 1 < argc) linger_ms = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--count") && i + 1 < argc) count = atoi(argv[++i]);
-        else if (!host) host = argv[i];
-        else if (!port) port = argv[i];
+        else {
+            host = port;
+            port = argv[i];
+        }
     }
     if (!host || !port) {
         fprintf(stderr, "usage: connect_once [options] HOST PORT\n");

@@ -9,3 +9,14 @@ import click
 @click.version_option(package_name="outwatch")
 def main() -> None:
     """Catch the wrong process talking to the wrong destination, and contain it."""
+
+
+def _register() -> None:
+    from outwatch.cli.investigate import audit, hunt, inspect, snapshot
+    from outwatch.cli.watch import watch
+
+    for command in (watch, snapshot, inspect, hunt, audit):
+        main.add_command(command)
+
+
+_register()

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from outwatch.cli.common import reports_errors
+from outwatch.control import ControlServer
 from outwatch.errors import ExitCode, OutwatchError
 from outwatch.tracer import SEVERITIES, Filters, Tracer, WatchOptions
 
@@ -44,7 +45,6 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
           respond: bool, dry_run: bool, config_path: Path | None) -> None:
     """Trace every outbound connection and UDP send, live, with the process behind it."""
     from outwatch.config import load_config
-    from outwatch.control import ControlServer
     from outwatch.kernel.probes import require_root
     from outwatch.rules import load_rules
     from outwatch.service import Notifier
@@ -80,8 +80,7 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
         if responder is not None:
             handlers.update(responder.blocks.control_handlers())
             tracer._on_alert = responder.on_alert_async
-        control = ControlServer(handlers)
-        control.start()
+        control = _start_control(ControlServer(handlers))
         tracer.install_signals()
         notifier.ready()
         notifier.start_watchdog()
@@ -91,6 +90,17 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
         if control is not None:
             control.close()
         sinks.close()
+
+
+def _start_control(server: ControlServer) -> ControlServer | None:
+    """The control socket (status, blocks); a second watch, or a socket that cannot be made, runs
+    without one rather than not tracing at all."""
+    try:
+        server.start()
+    except OutwatchError as exc:
+        _log(f"{exc.message}; this watch runs without a control socket (no status, no blocks from other terminals)")
+        return None
+    return server
 
 
 def _status(tracer: Tracer) -> dict:

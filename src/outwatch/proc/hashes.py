@@ -6,6 +6,7 @@ ones carry it. Hashing reads /proc/PID/exe, so a deleted or memfd executable is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -43,10 +44,8 @@ class HashCache:
                 self._done[key] = sha256_of(pid)
             except OSError:
                 if _still_same_file(facts):
-                    try:
+                    with contextlib.suppress(OSError):
                         self._done[key] = sha256_of(facts.path)
-                    except OSError:
-                        pass
 
     def close(self) -> None:
         self._queue.put(None)

@@ -8,6 +8,7 @@ incarnation. Exited processes stay for LINGER_NS so late records (a TCP outcome)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 from collections import deque
@@ -18,7 +19,7 @@ from pathlib import Path
 from outwatch.kernel.records import ExecRecord, Header
 from outwatch.proc.cgroup import CgroupInfo, read_cgroup
 from outwatch.proc.exeinfo import ExeFacts, exe_facts
-from outwatch.proc.identity import entity_id, read_stat
+from outwatch.proc.identity import NS_PER_TICK, entity_id, read_stat
 
 LINGER_NS = 60_000_000_000
 MAX_ANCESTORS = 32
@@ -27,6 +28,12 @@ MAX_ANCESTORS = 32
 def text(raw: bytes) -> str:
     """Kernel bytes to str: invalid UTF-8 is kept visible as \\x escapes, never dropped."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+def same_start(a: int, b: int) -> bool:
+    """Whether two start times (one may be /proc's, at clock-tick resolution) are one process's;
+    0 means unknown and matches anything."""
+    return not a or not b or abs(a - b) < 2 * NS_PER_TICK
 
 
 @dataclass(slots=True)
@@ -94,23 +101,21 @@ class ProcessTable:
         """Read what only /proc knows, once, if the pid is still this process."""
         proc.probed = True
         stat = read_stat(proc.pid)
-        if stat is None or (proc.start_ns and abs(stat[2] - proc.start_ns) > 20_000_000):
+        if stat is None or not same_start(proc.start_ns, stat[2]):
             return
         facts = exe_facts(proc.pid)
         if facts is not None:
             proc.facts = facts
             proc.exe = facts.path
             proc.exe_from = "proc"
-        try:
+        with contextlib.suppress(OSError):
             proc.cwd = os.readlink(f"/proc/{proc.pid}/cwd")
-        except OSError:
-            pass
         proc.cgroup = read_cgroup(proc.pid)
 
     def get(self, h: Header) -> Proc:
         """The process of a kernel record, created from the record (and /proc) when unknown."""
         proc = self.procs.get(h.pid)
-        if proc is not None and h.start_ns and proc.start_ns and proc.start_ns != h.start_ns:
+        if proc is not None and not same_start(proc.start_ns, h.start_ns):
             proc = None  # the pid was reused since we last saw it
         if proc is None:
             proc = self._from_kernel(h.pid, h.ppid, h.start_ns, text(h.comm))
@@ -152,7 +157,7 @@ class ProcessTable:
     def on_exec(self, rec: ExecRecord) -> Proc:
         h = rec.h
         proc = self.procs.get(h.pid)
-        if proc is None or (h.start_ns and proc.start_ns and proc.start_ns != h.start_ns):
+        if proc is None or not same_start(proc.start_ns, h.start_ns):
             proc = Proc(h.pid, h.ppid, h.start_ns, text(h.comm))
             self.procs[h.pid] = proc
             if not h.ppid or not h.start_ns:
