@@ -53,11 +53,14 @@ class Watch:
     """A running `outwatch watch --format ndjson` writing to a file we read."""
 
     def __init__(self, tmp: Path, *args: str) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.path = tmp / "events.ndjson"
         self.stderr_path = tmp / "stderr.txt"
         self._stderr = self.stderr_path.open("wb")
+        if "--format" not in args:
+            args = ("--format", "ndjson", *args)
         self.proc = subprocess.Popen(
-            [*OUTWATCH, "watch", "--format", "ndjson", "--output", str(self.path), *args],
+            [*OUTWATCH, "watch", "--output", str(self.path), *args],
             stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=ROOT,
         )
         self._offset = 0
@@ -143,3 +146,66 @@ def copy_of(tmp_path: Path) -> Callable[[Path, str], Path]:
         return dst
 
     return make
+
+
+class NetnsPair:
+    """Two network namespaces joined by a veth pair: a client side and a test host with a TCP listener.
+    Nothing changes in the machine's own namespace."""
+
+    CLIENT_IP = "10.213.7.1"
+    HOST_IP = "10.213.7.2"
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.client, self.host = f"owc{tag}", f"owh{tag}"
+        self._listener: subprocess.Popen | None = None
+        for ns in (self.client, self.host):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        veth_c, veth_h = f"vc{tag}", f"vh{tag}"
+        cmds = [
+            ["ip", "-n", self.client, "link", "add", veth_c, "type", "veth", "peer", "name", veth_h,
+             "netns", self.host],
+            ["ip", "-n", self.client, "addr", "add", f"{self.CLIENT_IP}/30", "dev", veth_c],
+            ["ip", "-n", self.host, "addr", "add", f"{self.HOST_IP}/30", "dev", veth_h],
+            ["ip", "-n", self.client, "link", "set", veth_c, "up"],
+            ["ip", "-n", self.host, "link", "set", veth_h, "up"],
+            ["ip", "-n", self.client, "link", "set", "lo", "up"],
+            ["ip", "-n", self.host, "link", "set", "lo", "up"],
+        ]
+        for cmd in cmds:
+            subprocess.run(cmd, check=True)
+
+    def listen(self, port: int) -> None:
+        """A TCP listener on the test host that accepts and closes (python, bounded lifetime)."""
+        code = (
+            "import socket,sys,time\n"
+            "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            f"s.bind(('{self.HOST_IP}',{port}));s.listen(64);s.settimeout(0.5);print('up',flush=True)\n"
+            "end=time.time()+120\n"
+            "while time.time()<end:\n"
+            "  try: c,_=s.accept(); c.close()\n"
+            "  except OSError: pass\n"
+        )
+        self._listener = subprocess.Popen(["ip", "netns", "exec", self.host, sys.executable, "-c", code],
+                                          stdout=subprocess.PIPE)
+        assert self._listener.stdout is not None and self._listener.stdout.readline() == b"up\n"
+
+    def run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.client, *cmd], **kw)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.kill()
+            self._listener.wait()
+        for ns in (self.client, self.host):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    require_root()
+    pair = NetnsPair()
+    try:
+        yield pair
+    finally:
+        pair.close()

@@ -20,6 +20,12 @@ def safe(value: object, width: int | None = None) -> str:
     return text
 
 
+def safe_tail(value: object, width: int) -> str:
+    """Like safe(), but a long value keeps its end (a path's file name matters most)."""
+    text = safe(value)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
 def _dest(ip: str, port: object) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
@@ -50,7 +56,7 @@ def format_event(ev: dict) -> str:
         score = f" [{severity} {ow.get('score')} {ev.get('rule', {}).get('id', '')}]"
     return (
         f"{mark}{ts} {proc.get('pid', '?'):>7} {safe(user, 10):<10} "
-        f"{safe(proc.get('executable') or proc.get('name', '?'), 40)} {safe(args, _ARGS_WIDTH)}"
+        f"{safe_tail(proc.get('executable') or proc.get('name', '?'), 40)} {safe(args, _ARGS_WIDTH)}"
         f" -> {_dest(dst.get('ip', '?'), dst.get('port', '?'))}/{net.get('transport', '?')}"
         f"{repeat} {outcome}{score}"
     )

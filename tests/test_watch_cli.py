@@ -1,0 +1,94 @@
+"""`outwatch watch` as a user meets it: errors, filters, formats, signals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import OUTWATCH, ROOT, Watch, require_root
+
+
+def _run_as_nobody(*args: str) -> subprocess.CompletedProcess:
+    def drop() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+
+    return subprocess.run([*OUTWATCH, *args], capture_output=True, text=True, cwd=ROOT, preexec_fn=drop,
+                          timeout=60)
+
+
+def test_not_root_is_one_clear_line_and_a_distinct_exit_code() -> None:
+    require_root()
+    r = _run_as_nobody("watch")
+    assert r.returncode == 3
+    assert "needs root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kprobe_set_on_a_kernel_without_kprobes_says_so() -> None:
+    require_root()
+    r = subprocess.run([*OUTWATCH, "watch", "--probes", "kprobe"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=60)
+    if Path("/sys/kernel/tracing/kprobe_events").exists():
+        raise AssertionError("this machine has kprobes: this test expects the KERNEL.md machine")
+    assert r.returncode == 6
+    assert "kprobe" in r.stderr and "--probes cgroup" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_output_url_is_a_usage_error() -> None:
+    require_root()
+    r = subprocess.run([*OUTWATCH, "watch", "--output", "tcp://nohostport"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_filters_sigterm_pretty_and_hash(tmp_path: Path, connect_once: Path) -> None:
+    """--port keeps one destination port; pretty lines go to the file; SIGTERM flushes and exits 0;
+    the second connect of a binary carries its sha256."""
+    require_root()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(16)
+    other_port = other.getsockname()[1]
+    w = Watch(tmp_path, "--include-loopback", "--port", str(port))
+    try:
+        for _ in range(2):
+            subprocess.run([str(connect_once), "--linger", "300", "127.0.0.1", str(port)], check=True,
+                           capture_output=True)
+            subprocess.run([str(connect_once), "127.0.0.1", str(other_port)], check=True, capture_output=True)
+            time.sleep(0.5)
+        events = w.wait_for(lambda e: e.get("destination", {}).get("port") == port, count=2)
+        assert all(e["destination"]["port"] == port for e in w.events() if "destination" in e)
+        digest = hashlib.sha256(connect_once.read_bytes()).hexdigest()
+        assert events[-1]["process"]["hash"]["sha256"] == digest
+    finally:
+        rc = w.stop(signal.SIGTERM)
+        srv.close()
+        other.close()
+    assert rc == 0
+    assert w.events()[-1]["event"]["kind"] == "metric"  # the final record at exit
+
+    pretty = Watch(tmp_path / "pretty", "--include-loopback", "--format", "pretty", "--port", str(port))
+    try:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", port))
+        srv.listen(4)
+        subprocess.run([str(connect_once), "127.0.0.1", str(port)], check=True, capture_output=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and f":{port}/tcp" not in pretty.path.read_text(errors="replace"):
+            time.sleep(0.1)
+    finally:
+        pretty.stop()
+        srv.close()
+    line = next(ln for ln in pretty.path.read_text().splitlines() if f":{port}/tcp" in ln)
+    assert re.search(rf"connect_once .*-> 127\.0\.0\.1:{port}/tcp success", line), line
+    assert f" {port} " in line and "root" in line
