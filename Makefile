@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool bpftrace python3-venv \
-	iproute2 ufw nftables iptables rsyslog socat jq gcc make procps
+	iproute2 ufw nftables iptables rsyslog logrotate systemd socat jq gcc make procps
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 

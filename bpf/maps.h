@@ -56,7 +56,7 @@ static __always_inline void ow_fill_header(struct ow_header *h, u32 type)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 uid_gid = bpf_get_current_uid_gid();
 
-    h->ts_ns = bpf_ktime_get_ns();
+    h->ts_ns = bpf_ktime_get_boot_ns();
     h->type = type;
     h->pid = pid_tgid >> 32;
     h->tid = (u32)pid_tgid;

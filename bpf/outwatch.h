@@ -42,12 +42,12 @@ enum ow_type {
 #define OW_PROBE_KPROBE 1
 
 struct ow_header {
-    __u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    __u64 ts_ns;        /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME, the clock of /proc/PID/stat starttime */
     __u32 type;         /* enum ow_type */
     __u32 pid;          /* tgid */
     __u32 tid;
     __u32 ppid;         /* parent tgid from the fork map, 0 when the fork was not seen */
-    __u64 start_ns;     /* fork time (CLOCK_MONOTONIC) from the fork map, 0 when not seen */
+    __u64 start_ns;     /* fork time (CLOCK_BOOTTIME) from the fork map, 0 when not seen */
     __u64 cgroup_id;
     __u32 uid;
     __u32 gid;

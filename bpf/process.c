@@ -7,7 +7,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     u32 child = args->child_pid;
 
     f.ppid = bpf_get_current_pid_tgid() >> 32;
-    f.start_ns = bpf_ktime_get_ns();
+    f.start_ns = bpf_ktime_get_boot_ns();
     forks.update(&child, &f);
     return 0;
 }

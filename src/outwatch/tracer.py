@@ -7,6 +7,7 @@ exec is in the table before its connects are enriched. Sinks never block it (sin
 from __future__ import annotations
 
 import fnmatch
+import queue
 import signal
 import sys
 import time
@@ -80,13 +81,12 @@ class WatchOptions:
 class Tracer:
     def __init__(self, opts: WatchOptions, sinks: Sinks, scorer: Scorer | None = None,
                  load_scorer: Callable[[], Scorer] | None = None,
-                 on_alert: Callable[[dict], None] | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.opts = opts
         self.sinks = sinks
         self.scorer = scorer
         self._load_scorer = load_scorer
-        self._on_alert = on_alert
+        self.on_alert: Callable[[dict], None] | None = None  # e.g. the automatic responder
         self._log = log or (lambda msg: print(f"outwatch: {msg}", file=sys.stderr, flush=True))
         self.probes = KernelProbes(opts.probes, opts.include_loopback)
         self.clock = Clock()
@@ -95,6 +95,7 @@ class Tracer:
         self.builder: EventBuilder | None = None
         self.pending = PendingConnects()
         self._records: list[Record] = []
+        self._inbox: queue.SimpleQueue[dict] = queue.SimpleQueue()
         self._stop = False
         self._reload = False
         self.seen: Counter[str] = Counter()
@@ -128,14 +129,17 @@ class Tracer:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGHUP, self.request_reload)
 
-    def run(self, until: Callable[[], bool] | None = None) -> None:
-        """Loop until stop() (a signal) or until() says so; then flush everything."""
+    def run(self, until: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None) -> None:
+        """Loop until stop() (a signal) or until() says so; then flush everything. tick() runs once per
+        loop turn (the service watchdog)."""
         next_metric = Clock.now_boot_ns() + int(self.opts.metrics_interval * 1e9)
         next_sweep = Clock.now_boot_ns() + UDP_SWEEP_NS
         try:
             while not self._stop and not (until and until()):
                 self.probes.poll(POLL_MS)
                 self.drain()
+                if tick is not None:
+                    tick()
                 now = Clock.now_boot_ns()
                 for rec, outcome in self.pending.flush(now):
                     self._emit_connect(rec, outcome)
@@ -178,6 +182,10 @@ class Tracer:
             self._log(f"rules reload failed, keeping the running rules: {message}")
 
     # -- records --------------------------------------------------------------------------------
+    def submit(self, event: dict) -> None:
+        """An event from another thread (audit records of blocks, kills): emitted by the loop, in order."""
+        self._inbox.put(event)
+
     def _on_record(self, rec: Record) -> None:
         self._records.append(rec)
 
@@ -185,6 +193,8 @@ class Tracer:
         records, self._records = self._records, []
         for rec in records:
             self.handle(rec)
+        while not self._inbox.empty():
+            self.emit(self._inbox.get_nowait())
 
     def handle(self, rec: Record) -> None:
         if isinstance(rec, ConnectRecord):
@@ -217,13 +227,13 @@ class Tracer:
         event = self.builder.connect_event(rec, proc, outcome)
         if self.scorer is not None:
             self.scorer.score(event)
-            severity = event.get("outwatch", {}).get("severity", "info")
-            if SEVERITIES.index(severity) < self._min_rank:
-                self.filtered += 1
-                return
-            if self._on_alert is not None and event["event"]["kind"] == "alert":
-                self._on_alert(event)
-        self.emit(event)
+        severity = event.get("outwatch", {}).get("severity", "info")
+        if SEVERITIES.index(severity) >= self._min_rank:
+            self.emit(event)
+        else:
+            self.filtered += 1
+        if self.on_alert is not None and event["event"]["kind"] == "alert":
+            self.on_alert(event)  # contained even when --min-severity hides it
 
     # -- output ---------------------------------------------------------------------------------
     def emit(self, event: dict) -> None:

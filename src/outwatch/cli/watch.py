@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from outwatch.cli.common import reports_errors
+from outwatch.config import load_config
 from outwatch.control import ControlServer
 from outwatch.errors import ExitCode, OutwatchError
+from outwatch.kernel.probes import require_root
+from outwatch.respond.audit import AuditLog, ecs_user
+from outwatch.respond.blocks import BlockManager, unavailable_handlers
+from outwatch.respond.policy import ResponsePolicy
+from outwatch.respond.responder import Responder, ResponderWorker
+from outwatch.rules import load_rules
+from outwatch.service import Notifier
+from outwatch.sinks import open_sinks
 from outwatch.tracer import SEVERITIES, Filters, Tracer, WatchOptions
 
 
@@ -44,12 +54,6 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
           min_severity: str | None, rule_files: tuple[Path, ...], metrics_interval: float | None,
           respond: bool, dry_run: bool, config_path: Path | None) -> None:
     """Trace every outbound connection and UDP send, live, with the process behind it."""
-    from outwatch.config import load_config
-    from outwatch.kernel.probes import require_root
-    from outwatch.rules import load_rules
-    from outwatch.service import Notifier
-    from outwatch.sinks import open_sinks
-
     require_root()
     cfg = load_config(config_path)
     w = cfg.watch if cfg else None
@@ -69,24 +73,44 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
         min_severity=min_severity or (w.min_severity if w else None),
         metrics_interval=metrics_interval or (w.metrics_interval if w and w.metrics_interval else 10.0),
     )
-    sinks = open_sinks(list(outputs or (w.outputs if w and w.outputs else ["-"])))
+    sinks = open_sinks(
+        list(outputs or (w.outputs if w and w.outputs else ["-"])),
+        **({"spool_dir": w.spool_dir} if w and w.spool_dir else {}),
+        **({"spool_max_bytes": w.spool_max_mb << 20} if w and w.spool_max_mb else {}),
+    )
+    if dry_run and not respond:
+        raise OutwatchError("--dry-run goes with --respond", "add --respond", ExitCode.USAGE)
+    policy = (cfg.respond_policy if cfg and cfg.respond_policy else None) or ResponsePolicy()
     tracer = Tracer(opts, sinks, scorer=ruleset, load_scorer=load, log=_log)
+    audit = AuditLog(on_record=tracer.submit)
     notifier = Notifier()
-    control = None
+    control = blocks = worker = None
     try:
         _log(tracer.start())
         handlers = {"status": lambda _req: _status(tracer)}
-        responder = _responder(tracer, cfg, respond, dry_run)
-        if responder is not None:
-            handlers.update(responder.blocks.control_handlers())
-            tracer._on_alert = responder.on_alert_async
+        if tracer.probes.deny is not None:
+            blocks = BlockManager(tracer.probes.deny, audit)
+            blocks.start()
+            handlers.update(blocks.control_handlers())
+            if respond:
+                worker = ResponderWorker(Responder(policy, blocks, audit, dry_run))
+                tracer.on_alert = worker.submit
+        else:
+            handlers.update(unavailable_handlers("the kprobe probe set cannot deny a connect"))
+            if respond:
+                raise OutwatchError("--respond needs the cgroup probe set (it blocks in the kernel)",
+                                    "run with --probes cgroup", ExitCode.KERNEL_UNSUPPORTED)
         control = _start_control(ControlServer(handlers))
         tracer.install_signals()
         notifier.ready()
-        notifier.start_watchdog()
-        tracer.run()
+        tracer.run(tick=notifier.tick)
     finally:
         notifier.stopping()
+        if worker is not None:
+            worker.close()
+        if blocks is not None:
+            blocks.close(ecs_user(os.geteuid()))
+            tracer.drain()
         if control is not None:
             control.close()
         sinks.close()
@@ -105,15 +129,9 @@ def _start_control(server: ControlServer) -> ControlServer | None:
 
 def _status(tracer: Tracer) -> dict:
     return {
-        "pid": __import__("os").getpid(),
+        "pid": os.getpid(),
         "since_ns": tracer.started_wall_ns,
         "probe_set": tracer.probes.choice.probe_set if tracer.probes.choice else None,
         "rules": len(getattr(tracer.scorer, "rules", []) or []),
         **tracer.stats(),
     }
-
-
-def _responder(tracer: Tracer, cfg: object, respond: bool, dry_run: bool) -> object | None:
-    if dry_run and not respond:
-        raise OutwatchError("--dry-run goes with --respond", "add --respond", ExitCode.USAGE)
-    return None

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from outwatch.errors import OutwatchError, ExitCode
+from outwatch.errors import ExitCode, OutwatchError
 
 FARM_ROOT = Path("/var/cache/outwatch/kernel-headers")
 SRC_ROOT = Path("/usr/src")
