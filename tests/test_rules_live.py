@@ -51,6 +51,8 @@ def test_shell_reverse_connection_is_high(watch: Watch, netns_pair: NetnsPair) -
     pid = _pid(out)
     (ev,) = watch.wait_for(lambda e: e.get("process", {}).get("pid") == pid)
     assert ev["destination"] == {"ip": netns_pair.HOST_IP, "port": 4444}
+    # bash execs `sleep` right after connecting: the connect still belongs to the bash image
+    assert ev["process"]["executable"] == "/usr/bin/bash" and ev["process"]["args"][0] == "bash"
     assert ev["source"]["ip"] == netns_pair.CLIENT_IP
     assert ev["event"]["outcome"] == "success"
     assert ev["event"]["kind"] == "alert"

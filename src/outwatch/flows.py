@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from outwatch.event import Outcome
 from outwatch.kernel.records import TCP_ESTABLISHED, TCP_SYN_SENT, ConnectRecord, TcpStateRecord
+from outwatch.proc.table import Proc
 
 HOLD_NS = 2_000_000_000
 ERROR_WAIT_NS = 20_000_000  # after a close, how long the error report that follows may take
@@ -21,12 +22,13 @@ MAX_PENDING = 65536
 @dataclass(slots=True)
 class Pending:
     rec: ConnectRecord
+    proc: Proc  # the process image at connect time (a later exec must not change the attribution)
     since_ns: int
     state: TcpStateRecord | None = None
     closed_ns: int = 0
 
 
-Ready = tuple[ConnectRecord, Outcome]
+Ready = tuple[ConnectRecord, Proc, Outcome]
 
 
 class PendingConnects:
@@ -39,9 +41,9 @@ class PendingConnects:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, rec: ConnectRecord) -> list[Ready]:
+    def add(self, rec: ConnectRecord, proc: Proc) -> list[Ready]:
         """A TCP connect to follow; when too many are pending the oldest is reported now."""
-        self._by_tid.setdefault(rec.h.tid, deque()).append(Pending(rec, rec.h.ts_ns))
+        self._by_tid.setdefault(rec.h.tid, deque()).append(Pending(rec, proc, rec.h.ts_ns))
         self._count += 1
         if self._count > MAX_PENDING:
             return self.flush(rec.h.ts_ns + HOLD_NS + 1)
@@ -75,7 +77,7 @@ class PendingConnects:
 
     def _done(self, p: Pending, outcome: str, error: int = 0) -> Ready:
         self._count -= 1
-        return p.rec, Outcome(outcome, p.state, error)
+        return p.rec, p.proc, Outcome(outcome, p.state, error)
 
     def flush(self, now_ns: int) -> list[Ready]:
         """Closes with no error report after ERROR_WAIT_NS, and connects older than HOLD_NS."""

@@ -141,8 +141,8 @@ class Tracer:
                 if tick is not None:
                     tick()
                 now = Clock.now_boot_ns()
-                for rec, outcome in self.pending.flush(now):
-                    self._emit_connect(rec, outcome)
+                for rec, proc, outcome in self.pending.flush(now):
+                    self._emit_connect(rec, proc, outcome)
                 if now >= next_sweep:
                     for rec in self.probes.sweep_udp(now):
                         self._connect(rec)
@@ -162,8 +162,8 @@ class Tracer:
         self.drain()
         for rec in self.probes.sweep_udp(1 << 62):
             self._connect(rec)
-        for rec, outcome in self.pending.drain():
-            self._emit_connect(rec, outcome)
+        for rec, proc, outcome in self.pending.drain():
+            self._emit_connect(rec, proc, outcome)
         self.emit(self.metric_event())
         self.probes.close()
         if self.hashes is not None:
@@ -205,24 +205,25 @@ class Tracer:
             self.table.on_exec(rec)
         elif isinstance(rec, TcpStateRecord):
             self.seen["tcpstate"] += 1
-            for ready, outcome in self.pending.on_state(rec):
-                self._emit_connect(ready, outcome)
+            for ready, proc, outcome in self.pending.on_state(rec):
+                self._emit_connect(ready, proc, outcome)
         elif isinstance(rec, ExitRecord):
             self.seen["exit"] += 1
             self.table.on_exit(rec.h)
 
     def _connect(self, rec: ConnectRecord) -> None:
-        if rec.protocol == 6 and not rec.denied:
-            for ready, outcome in self.pending.add(rec):
-                self._emit_connect(ready, outcome)
-            return
-        self._emit_connect(rec, Outcome("unknown"))
-
-    def _emit_connect(self, rec: ConnectRecord, outcome: Outcome) -> None:
+        """Attribute now, in record order; a TCP connect is then held until its outcome is known."""
         proc = self.table.get(rec.h)
         if not self.opts.filters.match(rec, proc):
             self.filtered += 1
             return
+        if rec.protocol == 6 and not rec.denied:
+            for ready, held, outcome in self.pending.add(rec, proc):
+                self._emit_connect(ready, held, outcome)
+            return
+        self._emit_connect(rec, proc, Outcome("unknown"))
+
+    def _emit_connect(self, rec: ConnectRecord, proc: Proc, outcome: Outcome) -> None:
         assert self.builder is not None
         event = self.builder.connect_event(rec, proc, outcome)
         if self.scorer is not None:

@@ -14,10 +14,12 @@ def main() -> None:
 def _register() -> None:
     from outwatch.cli.investigate import audit, hunt, inspect, snapshot
     from outwatch.cli.respond import COMMANDS as RESPOND_COMMANDS
+    from outwatch.cli.rules import rules
     from outwatch.cli.service import config_cli, service_cli, status_cli
     from outwatch.cli.watch import watch
 
-    for command in (watch, status_cli, snapshot, inspect, hunt, audit, *RESPOND_COMMANDS, service_cli, config_cli):
+    commands = (watch, status_cli, rules, snapshot, inspect, hunt, audit, *RESPOND_COMMANDS, service_cli, config_cli)
+    for command in commands:
         main.add_command(command)
 
 

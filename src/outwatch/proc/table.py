@@ -13,7 +13,7 @@ import os
 import pwd
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from outwatch.kernel.records import ExecRecord, Header
@@ -165,8 +165,10 @@ class ProcessTable:
                 if stat is not None:
                     proc.ppid = proc.ppid or stat[1]
                     proc.start_ns = proc.start_ns or stat[2]
-        elif h.ppid:
-            proc.ppid = h.ppid
+        else:
+            # a new image: a new record, so connects already queued keep the image that made them
+            proc = replace(proc, ppid=h.ppid or proc.ppid, exited_ns=0)
+            self.procs[h.pid] = proc
         proc.comm = text(h.comm)
         proc.uid = h.uid
         filename = text(rec.filename)
