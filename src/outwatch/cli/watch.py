@@ -61,7 +61,7 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
     rules_files = [*(cfg.rules.files if cfg else ()), *rule_files]
 
     def load() -> object:
-        return load_rules(extra_files=rules_files)
+        return load_rules(extra_files=rules_files, thresholds=cfg.rules.thresholds if cfg else None)
 
     ruleset = load()
     opts = WatchOptions(

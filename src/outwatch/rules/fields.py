@@ -235,6 +235,18 @@ def _name_mismatch(event: dict) -> object:
     return not any(name == c or name == c[:COMM_LEN] for c in candidates)
 
 
+def _script(event: dict) -> object:
+    """The first argument after argv[0] that is not an option: the script an interpreter runs
+    (python3 -u /tmp/x.py, sh /dev/shm/x, bash -c CMD gives CMD, python3 -m pip gives pip)."""
+    args = _ARGS(event)
+    if args is MISSING:
+        return MISSING
+    for arg in args[1:]:  # type: ignore[index]
+        if not arg.startswith("-"):
+            return arg
+    return MISSING
+
+
 def _parse_time(v: object) -> datetime | None:
     if v.__class__ is not str:
         return None
@@ -327,6 +339,8 @@ def _build() -> dict[str, Field]:
         fields[name] = Field(name, kind, True, doc, get, show)
     computed: list[tuple[str, Kind, str, Callable[[dict], object]]] = [
         ("computed.exe_name", Kind.STR, "basename of process.executable", _exe_name),
+        ("computed.script", Kind.STR, "first argument after argv[0] that is not an option: an interpreter's script",
+         _script),
         (
             "computed.name_mismatch",
             Kind.BOOL,
