@@ -76,8 +76,22 @@ static __always_inline int ow_udp_first_or_due(struct ow_connect *c)
     return 1;
 }
 
-/* Fills the header, applies the deny map and sends the record. Returns 1 to allow the call, 0 to
- * deny it (the cgroup hooks return this; kprobes cannot deny and ignore it). */
+/* An allowed TCP connect waits for its outcome in tcp_by_tid (then tcp_by_sk, sockstate.c). A
+ * connect of the same thread still waiting there never reached SYN_SENT (it failed early): it is sent
+ * first, outcome unknown. Returns 0 when the record was sent, 1 when it waits. */
+static __always_inline int ow_tcp_wait(struct ow_connect *c)
+{
+    u32 tid = c->h.tid;
+    struct ow_connect *stale = tcp_by_tid.lookup(&tid);
+    if (stale) {
+        ow_emit_connect(stale);
+        tcp_by_tid.delete(&tid);
+    }
+    return tcp_by_tid.update(&tid, c) == 0;
+}
+
+/* Fills the header, applies the deny map and sends (or holds) the record. Returns 1 to allow the
+ * call, 0 to deny it (the cgroup hooks return this; kprobes cannot deny and ignore it). */
 static __always_inline int ow_report_connect(struct ow_connect *c, u8 probe)
 {
     ow_unmap_v4(c);
@@ -88,10 +102,12 @@ static __always_inline int ow_report_connect(struct ow_connect *c, u8 probe)
     c->count = 1;
     c->verdict = probe == OW_PROBE_CGROUP && ow_is_denied(c) ? OW_DENIED : OW_ALLOWED;
     int allow = c->verdict == OW_ALLOWED;
+    c->outcome = allow ? OW_OUTCOME_UNKNOWN : OW_OUTCOME_FAILURE;
     if (c->protocol == IPPROTO_UDP && !ow_udp_first_or_due(c))
         return allow;
-    if (events.ringbuf_output(c, sizeof(*c), 0))
-        ow_count_lost(OW_EV_CONNECT);
+    if (c->protocol == IPPROTO_TCP && allow && ow_tcp_wait(c))
+        return allow;
+    ow_emit_connect(c);
     return allow;
 }
 

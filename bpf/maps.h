@@ -12,9 +12,10 @@ BPF_PERCPU_ARRAY(lost, u64, OW_EV_TYPES);
 /* Settings from userspace (index 0): outwatch's own pid, loopback filter. */
 BPF_ARRAY(config, struct ow_settings, 1);
 
-/* pid (or tid) -> parent tgid and fork time, written at sched_process_fork. Kept after exit (LRU
- * evicts) so that the parent of a double-forked daemon is still known when the middle process is
- * gone. Thread creations land here too; their keys are tids that never act as a tgid. */
+/* pid (or tid) -> parent tgid and fork time (sched_process_fork) and last exec time
+ * (sched_process_exec). Kept after exit (LRU evicts) so that the parent of a double-forked daemon is
+ * still known when the middle process is gone. Thread creations land here too; their keys are tids
+ * that never act as a tgid. */
 BPF_TABLE("lru_hash", u32, struct ow_fork, forks, 65536);
 
 /* tid -> argv captured at sys_enter_execve, completed and sent at sched_process_exec. */
@@ -23,9 +24,15 @@ BPF_TABLE("lru_hash", u32, struct ow_exec, exec_args, 1024);
 /* Per-CPU scratch for building an exec record (too big for the 512-byte BPF stack). */
 BPF_PERCPU_ARRAY(exec_scratch, struct ow_exec, 1);
 
-/* TCP sockets in SYN_SENT, by socket address (the source port is not chosen yet when SYN_SENT
- * is entered, so the 4-tuple cannot be the key). */
-BPF_TABLE("lru_hash", u64, u8, connecting, 16384);
+/* A TCP connect between the hook (cgroup connect4/6 or kprobe) and SYN_SENT, by thread: a thread
+ * has one connect() in progress at a time. Plain hash (not LRU): when full, the connect is sent at
+ * once without its outcome rather than evicted. */
+BPF_HASH(tcp_by_tid, u32, struct ow_connect, 16384);
+
+/* A TCP connect in SYN_SENT, by socket address (the source port is not chosen yet when SYN_SENT is
+ * entered, so the 4-tuple cannot be the key), until ESTABLISHED or CLOSE sends it with its outcome.
+ * Userspace sends (and removes) entries older than a second as "outcome unknown". */
+BPF_HASH(tcp_by_sk, u64, struct ow_connect, 65536);
 
 /* Connects that just closed while in SYN_SENT, by (daddr, sport, dport): the error report that
  * follows the close (Linux >= 6.10 reports after tcp_done) carries no socket address. */
@@ -51,12 +58,12 @@ static __always_inline struct ow_settings *ow_settings(void)
     return config.lookup(&zero);
 }
 
-static __always_inline void ow_fill_header(struct ow_header *h, u32 type)
+static __always_inline void ow_fill_header_at(struct ow_header *h, u32 type, u64 ts_ns)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 uid_gid = bpf_get_current_uid_gid();
 
-    h->ts_ns = bpf_ktime_get_boot_ns();
+    h->ts_ns = ts_ns;
     h->type = type;
     h->pid = pid_tgid >> 32;
     h->tid = (u32)pid_tgid;
@@ -68,10 +75,23 @@ static __always_inline void ow_fill_header(struct ow_header *h, u32 type)
     if (f) {
         h->ppid = f->ppid;
         h->start_ns = f->start_ns;
+        h->exec_ns = f->exec_ns;
     } else {
         h->ppid = 0;
         h->start_ns = 0;
+        h->exec_ns = 0;
     }
+}
+
+static __always_inline void ow_fill_header(struct ow_header *h, u32 type)
+{
+    ow_fill_header_at(h, type, bpf_ktime_get_boot_ns());
+}
+
+static __always_inline void ow_emit_connect(struct ow_connect *c)
+{
+    if (events.ringbuf_output(c, sizeof(*c), 0))
+        ow_count_lost(OW_EV_CONNECT);
 }
 
 static __always_inline int ow_is_self(void)

@@ -21,12 +21,11 @@
 #define OW_UDP_WINDOW_NS 1000000000ULL /* repeated UDP sends within this window are counted, not sent */
 
 enum ow_type {
-    OW_EV_CONNECT = 1,   /* an outbound connect() or UDP sendto/sendmsg with an address */
+    OW_EV_CONNECT = 1,   /* an outbound connect() (with its outcome) or UDP sendto/sendmsg */
     OW_EV_EXEC = 2,      /* a successful execve/execveat, with argv captured at syscall entry */
     OW_EV_EXIT = 3,      /* a whole process exited (group_dead) */
-    OW_EV_TCPSTATE = 4,  /* TCP connect progress: SYN_SENT, ESTABLISHED, or closed while connecting */
-    OW_EV_TCPERROR = 5,  /* the error that ended a pending connect (e.g. ECONNREFUSED) */
-    OW_EV_TYPES = 6,
+    OW_EV_TCPERROR = 4,  /* the error that ended a failed TCP connect (e.g. ECONNREFUSED) */
+    OW_EV_TYPES = 5,
 };
 
 /* Flags of an exec record. */
@@ -36,6 +35,12 @@ enum ow_type {
 /* Verdicts of a connect record. */
 #define OW_ALLOWED 0
 #define OW_DENIED 1              /* the destination is in the deny map: the call failed with EPERM */
+
+/* How a connect ended. A TCP connect is held in the kernel (tcp_by_tid, then tcp_by_sk) and sent once
+ * it is established or closed; UDP sends and denied connects are sent at once. */
+#define OW_OUTCOME_UNKNOWN 0
+#define OW_OUTCOME_SUCCESS 1
+#define OW_OUTCOME_FAILURE 2
 
 /* Probe that produced a connect record. */
 #define OW_PROBE_CGROUP 0
@@ -48,6 +53,7 @@ struct ow_header {
     __u32 tid;
     __u32 ppid;         /* parent tgid from the fork map, 0 when the fork was not seen */
     __u64 start_ns;     /* fork time (CLOCK_BOOTTIME) from the fork map, 0 when not seen */
+    __u64 exec_ns;      /* time of the process's last exec seen (its image), 0 when none was seen */
     __u64 cgroup_id;
     __u32 uid;
     __u32 gid;
@@ -55,16 +61,19 @@ struct ow_header {
 };
 
 struct ow_connect {
-    struct ow_header h;
+    struct ow_header h; /* taken when connect()/sendto() was called, in the calling thread */
     __u8 daddr[16];     /* network order; IPv4 in the first 4 bytes */
+    __u8 saddr[16];     /* source address, once the TCP outcome is known */
     __u16 dport;        /* host order */
-    __u16 family;       /* AF_INET / AF_INET6 */
+    __u16 sport;        /* host order, once the TCP outcome is known */
+    __u16 family;       /* AF_INET / AF_INET6 (an IPv4-mapped IPv6 destination is AF_INET) */
     __u8 protocol;      /* IPPROTO_TCP / IPPROTO_UDP */
     __u8 sock_type;     /* SOCK_STREAM / SOCK_DGRAM */
     __u8 verdict;       /* OW_ALLOWED / OW_DENIED */
     __u8 probe;         /* OW_PROBE_* */
+    __u8 outcome;       /* OW_OUTCOME_* */
+    __u8 pad;
     __u32 count;        /* sends this record stands for (UDP repeats), 1 for a connect */
-    __u32 pad;
 };
 
 struct ow_exec {
@@ -81,29 +90,27 @@ struct ow_exit {
     struct ow_header h;
 };
 
-struct ow_tcpstate {
-    struct ow_header h;
-    __u64 skaddr;       /* socket address: an opaque id tying the state changes of one socket */
+struct ow_tcperror {
+    struct ow_header h; /* softirq context: pid and comm are not the connecting process's */
     __u8 saddr[16];
     __u8 daddr[16];
     __u16 sport;        /* host order */
     __u16 dport;        /* host order */
     __u16 family;
     __u16 pad;
-    __s32 oldstate;
-    __s32 newstate;
-    __s32 error;        /* OW_EV_TCPERROR only: positive errno */
+    __s32 error;        /* positive errno */
     __u32 pad2;
 };
 
-/* What the kernel knows of a process it saw fork: the key is the child's pid (tid for threads). */
+/* What the kernel knows of a process: the key is its pid (tid for threads). */
 struct ow_fork {
-    __u32 ppid;
+    __u32 ppid;         /* parent tgid, 0 when the fork was not seen */
     __u32 pad;
-    __u64 start_ns;
+    __u64 start_ns;     /* fork time, 0 when the fork was not seen */
+    __u64 exec_ns;      /* time of its last exec, 0 when none was seen */
 };
 
-/* Key of the pending-connect table and of TCP error correlation. */
+/* Key of TCP error correlation. */
 struct ow_flow_key {
     __u8 daddr[16];
     __u16 sport;

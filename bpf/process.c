@@ -5,9 +5,13 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 {
     struct ow_fork f = {};
     u32 child = args->child_pid;
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
 
-    f.ppid = bpf_get_current_pid_tgid() >> 32;
+    f.ppid = parent;
     f.start_ns = bpf_ktime_get_boot_ns();
+    struct ow_fork *pf = forks.lookup(&parent);
+    if (pf)
+        f.exec_ns = pf->exec_ns; /* a forked child runs its parent's image until it execs */
     forks.update(&child, &f);
     return 0;
 }
@@ -76,7 +80,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         e->args_len = 0;
         e->flags = OW_EXEC_NO_ARGV;
     }
-    ow_fill_header(&e->h, OW_EV_EXEC);
+    /* the new image's time, in the fork map first: connects after this exec carry it */
+    u64 now = bpf_ktime_get_boot_ns();
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct ow_fork *f = forks.lookup(&pid);
+    if (f) {
+        f->exec_ns = now;
+    } else {
+        struct ow_fork nf = {.exec_ns = now};
+        forks.update(&pid, &nf);
+    }
+    ow_fill_header_at(&e->h, OW_EV_EXEC, now);
     e->old_pid = old;
     unsigned short loc = args->data_loc_filename & 0xFFFF;
     bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + loc);
@@ -95,6 +109,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     exec_args.delete(&tid);
+    struct ow_connect *c = tcp_by_tid.lookup(&tid); /* a connect that never reached SYN_SENT */
+    if (c) {
+        ow_emit_connect(c);
+        tcp_by_tid.delete(&tid);
+    }
     if (!args->group_dead)
         return 0;
     struct ow_exit *e = events.ringbuf_reserve(sizeof(*e));

@@ -10,7 +10,7 @@ from conftest import require_root
 
 from outwatch.kernel import headers, mounts
 from outwatch.kernel.probes import KPROBE_PROGRAMS, KernelProbes, bpf_dir, import_bcc, program_text
-from outwatch.kernel.records import EXEC_HEAD, TCPSTATE, UDP_KEY
+from outwatch.kernel.records import CONNECT, EXEC_HEAD, UDP_KEY
 
 
 def _compile(probe_set: str):
@@ -37,7 +37,7 @@ def test_record_layouts_match_the_c_structs() -> None:
         assert ctypes.sizeof(b["udp_flows"].Key) == UDP_KEY.size
         exec_fields = dict(b["exec_args"].Leaf._fields_)
         assert "args" in exec_fields and "filename" in exec_fields
-        assert TCPSTATE.size == 128
+        assert ctypes.sizeof(b["tcp_by_sk"].Leaf) == CONNECT.size
     finally:
         b.cleanup()
 
@@ -63,4 +63,4 @@ def test_ring_buffer_losses_are_counted() -> None:
             subprocess.run(["/bin/true", "x" * 2000, "y" * 2000], check=True)
         lost = probes.lost()
     assert lost["exec"] > 0
-    assert set(lost) == {"connect", "exec", "exit", "tcpstate", "tcperror"}
+    assert set(lost) == {"connect", "exec", "exit", "tcperror"}

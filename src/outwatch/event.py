@@ -9,11 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from outwatch.community_id import community_id
-from outwatch.kernel.records import ConnectRecord, TcpStateRecord
+from outwatch.kernel.records import ConnectRecord
 from outwatch.proc.hashes import HashCache
 from outwatch.proc.identity import Clock, host_id
 from outwatch.proc.table import Proc, ProcessTable, text
@@ -25,15 +24,6 @@ TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
 def rfc3339_ns(wall_ns: int) -> str:
     secs, ns = divmod(wall_ns, 1_000_000_000)
     return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns:09d}Z"
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How a TCP connect ended, from the TCP state records."""
-
-    outcome: str  # success | failure | unknown
-    source: TcpStateRecord | None = None
-    error: int = 0
 
 
 def _host() -> dict:
@@ -115,7 +105,8 @@ class EventBuilder:
         proc.cache = {"process": process, "outwatch": ow}
         return process, ow
 
-    def connect_event(self, rec: ConnectRecord, proc: Proc, outcome: Outcome) -> dict:
+    def connect_event(self, rec: ConnectRecord, proc: Proc, error: int = 0) -> dict:
+        """The ECS event of a connect; error is the errno that closed a failed TCP connect."""
         h = rec.h
         process, ow_process = self.process_part(proc)
         process = dict(process)
@@ -139,11 +130,11 @@ class EventBuilder:
             event.update(type=["connection", "denied"], action="connection_denied", outcome="failure",
                          reason="blocked by outwatch (in-kernel deny map)")
         elif rec.protocol == 17:
-            event.update(type=["connection", "start"], action="datagram_sent", outcome=outcome.outcome)
+            event.update(type=["connection", "start"], action="datagram_sent", outcome=rec.outcome)
         else:
-            event.update(type=["connection", "start"], action="connection_attempted", outcome=outcome.outcome)
-        if outcome.error:
-            event["reason"] = f"{_errno_name(outcome.error)}: {os.strerror(outcome.error)}"
+            event.update(type=["connection", "start"], action="connection_attempted", outcome=rec.outcome)
+        if error:
+            event["reason"] = f"{_errno_name(error)}: {os.strerror(error)}"
         doc: dict = {
             "@timestamp": rfc3339_ns(self.clock.wall_ns(h.ts_ns)),
             "ecs": {"version": ECS_VERSION},
@@ -156,10 +147,9 @@ class EventBuilder:
         user = process.get("user")
         if user:
             doc["user"] = user
-        src = outcome.source
-        if src is not None and src.sport:
-            doc["source"] = {"ip": src.saddr, "port": src.sport}
-            network["community_id"] = community_id(src.saddr, src.sport, rec.daddr, rec.dport, rec.protocol)
+        if rec.sport:
+            doc["source"] = {"ip": rec.saddr, "port": rec.sport}
+            network["community_id"] = community_id(rec.saddr, rec.sport, rec.daddr, rec.dport, rec.protocol)
         ow: dict = {"process": ow_proc, "probe": rec.probe}
         if rec.protocol == 17:
             network["packets"] = rec.count

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from outwatch.encode import encode
-from outwatch.event import ECS_VERSION, EventBuilder, Outcome, rfc3339_ns
-from outwatch.flows import PendingConnects
+from outwatch.event import ECS_VERSION, EventBuilder, rfc3339_ns
+from outwatch.flows import FailedConnects
 from outwatch.kernel.probes import KernelProbes
 from outwatch.kernel.records import (
     EV_NAMES,
@@ -26,15 +26,15 @@ from outwatch.kernel.records import (
     ExecRecord,
     ExitRecord,
     Record,
-    TcpStateRecord,
+    TcpErrorRecord,
 )
 from outwatch.pretty import format_event
 from outwatch.proc.hashes import HashCache
 from outwatch.proc.identity import Clock
-from outwatch.proc.table import Proc, ProcessTable
+from outwatch.proc.table import KernelView, Proc, ProcessTable
 
 POLL_MS = 50
-UDP_SWEEP_NS = 500_000_000
+SWEEP_NS = 250_000_000  # kernel-held UDP repeats and TCP connects without an outcome
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 
@@ -93,8 +93,8 @@ class Tracer:
         self.table = ProcessTable()
         self.hashes: HashCache | None = None
         self.builder: EventBuilder | None = None
-        self.pending = PendingConnects()
-        self._records: list[Record] = []
+        self.failed = FailedConnects()
+        self.internal_errors = 0
         self._inbox: queue.SimpleQueue[dict] = queue.SimpleQueue()
         self._stop = False
         self._reload = False
@@ -111,12 +111,16 @@ class Tracer:
         """Attach the probes and seed the process table; returns the probe choice for the user."""
         t0 = time.monotonic()
         choice = self.probes.start(self._on_record)
-        self.table = ProcessTable(parent_of=self.probes.fork_parent)
+        self.table = ProcessTable(kernel_view=self._kernel_view)
         self.table.seed()
         self.hashes = HashCache()
         self.builder = EventBuilder(self.table, self.clock, self.hashes)
         self.ready_after_s = time.monotonic() - t0
         return f"probes: {choice.probe_set} ({choice.reason}); {self.probes.headers_note}"
+
+    def _kernel_view(self, pid: int) -> KernelView | None:
+        entry = self.probes.fork_entry(pid)
+        return KernelView(*entry) if entry is not None else None
 
     def stop(self, *_: object) -> None:
         self._stop = True
@@ -133,7 +137,7 @@ class Tracer:
         """Loop until stop() (a signal) or until() says so; then flush everything. tick() runs once per
         loop turn (the service watchdog)."""
         next_metric = Clock.now_boot_ns() + int(self.opts.metrics_interval * 1e9)
-        next_sweep = Clock.now_boot_ns() + UDP_SWEEP_NS
+        next_sweep = Clock.now_boot_ns() + SWEEP_NS
         try:
             while not self._stop and not (until and until()):
                 self.probes.poll(POLL_MS)
@@ -141,12 +145,12 @@ class Tracer:
                 if tick is not None:
                     tick()
                 now = Clock.now_boot_ns()
-                for rec, proc, outcome in self.pending.flush(now):
-                    self._emit_connect(rec, proc, outcome)
+                for rec, proc, error in self.failed.flush(now):
+                    self._emit_connect(rec, proc, error)
                 if now >= next_sweep:
-                    for rec in self.probes.sweep_udp(now):
+                    for rec in (*self.probes.sweep_udp(now), *self.probes.sweep_tcp(now)):
                         self._connect(rec)
-                    next_sweep = now + UDP_SWEEP_NS
+                    next_sweep = now + SWEEP_NS
                 if now >= next_metric:
                     self.emit(self.metric_event())
                     next_metric = now + int(self.opts.metrics_interval * 1e9)
@@ -160,10 +164,10 @@ class Tracer:
     def finish(self) -> None:
         self.probes.poll(0)
         self.drain()
-        for rec in self.probes.sweep_udp(1 << 62):
+        for rec in (*self.probes.sweep_udp(1 << 62), *self.probes.sweep_tcp(1 << 62)):
             self._connect(rec)
-        for rec, proc, outcome in self.pending.drain():
-            self._emit_connect(rec, proc, outcome)
+        for rec, proc, error in self.failed.drain():
+            self._emit_connect(rec, proc, error)
         self.emit(self.metric_event())
         self.probes.close()
         if self.hashes is not None:
@@ -187,12 +191,17 @@ class Tracer:
         self._inbox.put(event)
 
     def _on_record(self, rec: Record) -> None:
-        self._records.append(rec)
+        """Each record is handled as the ring buffer hands it over: nothing piles up in Python while
+        a burst waits in the kernel's buffer."""
+        try:
+            self.handle(rec)
+        except Exception as exc:  # raised in a ctypes callback it would be printed and lost
+            self.internal_errors += 1
+            if self.internal_errors <= 3:
+                self._log(f"internal error on a {type(rec).__name__} (event skipped): {exc!r}")
 
     def drain(self) -> None:
-        records, self._records = self._records, []
-        for rec in records:
-            self.handle(rec)
+        """Events other threads submitted (audit records)."""
         while not self._inbox.empty():
             self.emit(self._inbox.get_nowait())
 
@@ -203,29 +212,30 @@ class Tracer:
         elif isinstance(rec, ExecRecord):
             self.seen["exec"] += 1
             self.table.on_exec(rec)
-        elif isinstance(rec, TcpStateRecord):
-            self.seen["tcpstate"] += 1
-            for ready, proc, outcome in self.pending.on_state(rec):
-                self._emit_connect(ready, proc, outcome)
+        elif isinstance(rec, TcpErrorRecord):
+            self.seen["tcperror"] += 1
+            for ready, proc, error in self.failed.on_error(rec):
+                self._emit_connect(ready, proc, error)
         elif isinstance(rec, ExitRecord):
             self.seen["exit"] += 1
             self.table.on_exit(rec.h)
 
     def _connect(self, rec: ConnectRecord) -> None:
-        """Attribute now, in record order; a TCP connect is then held until its outcome is known."""
+        """Attribute to the process image that made the connect; a failed TCP connect then waits
+        briefly for the error that closed it."""
         proc = self.table.get(rec.h)
         if not self.opts.filters.match(rec, proc):
             self.filtered += 1
             return
-        if rec.protocol == 6 and not rec.denied:
-            for ready, held, outcome in self.pending.add(rec, proc):
-                self._emit_connect(ready, held, outcome)
+        if rec.outcome == "failure" and not rec.denied:
+            for ready, held, error in self.failed.add(rec, proc, Clock.now_boot_ns()):
+                self._emit_connect(ready, held, error)
             return
-        self._emit_connect(rec, proc, Outcome("unknown"))
+        self._emit_connect(rec, proc, 0)
 
-    def _emit_connect(self, rec: ConnectRecord, proc: Proc, outcome: Outcome) -> None:
+    def _emit_connect(self, rec: ConnectRecord, proc: Proc, error: int) -> None:
         assert self.builder is not None
-        event = self.builder.connect_event(rec, proc, outcome)
+        event = self.builder.connect_event(rec, proc, error)
         if self.scorer is not None:
             self.scorer.score(event)
         severity = event.get("outwatch", {}).get("severity", "info")
@@ -262,8 +272,8 @@ class Tracer:
             "events_emitted": self.emitted,
             "events_filtered": self.filtered,
             "processes_tracked": len(self.table),
-            "pending_connects": len(self.pending),
-            "queue_depth": len(self._records),
+            "failed_connects_waiting": len(self.failed),
+            "internal_errors": self.internal_errors,
             "sinks": sink_stats,
         }
 

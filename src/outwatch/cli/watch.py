@@ -22,6 +22,8 @@ from outwatch.service import Notifier
 from outwatch.sinks import open_sinks
 from outwatch.tracer import SEVERITIES, Filters, Tracer, WatchOptions
 
+SINK_QUEUE_LINES = 16384  # per output, ~40 MB of typical lines; a burst waits in the kernel's buffer
+
 
 def _log(message: str) -> None:
     click.echo(f"outwatch: {message}", err=True)
@@ -75,6 +77,7 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
     )
     sinks = open_sinks(
         list(outputs or (w.outputs if w and w.outputs else ["-"])),
+        queue_max=SINK_QUEUE_LINES,
         **({"spool_dir": w.spool_dir} if w and w.spool_dir else {}),
         **({"spool_max_bytes": w.spool_max_mb << 20} if w and w.spool_max_mb else {}),
     )

@@ -27,12 +27,18 @@ from outwatch.kernel.records import (
     Header,
     Record,
     decode,
+    decode_connect,
     ip_text,
 )
 
 PROBE_SETS = ("auto", "cgroup", "kprobe")
-RINGBUF_PAGES = 2048  # 8 MiB: a 2,000-process storm with full argv fits while userspace catches up
+# 16 MiB: a burst is held here while userspace catches up. One TCP connect is one 128-byte entry, so
+# this absorbs some 130,000 connects (seconds of a local flood) without a loss. The buffer is mapped
+# twice into the process (it counts twice in RSS): more would cost memory for rare floods.
+RINGBUF_PAGES = 4096
+POLL_BATCH = 4096  # records handled per poll() at most
 UDP_WINDOW_NS = 1_000_000_000  # mirrors OW_UDP_WINDOW_NS in bpf/outwatch.h
+TCP_HOLD_NS = 1_000_000_000  # a TCP connect still waiting for its outcome after this is reported as unknown
 
 _COMMON_SOURCES = ("maps.h", "connect.h", "process.c", "sockstate.c")
 _CGROUP_PROGRAMS = (
@@ -117,6 +123,7 @@ class KernelProbes:
         self.headers_note = ""
         self.deny: DenyMap | None = None
         self._sink: Callable[[Record], None] | None = None
+        self._polled = 0
 
     def __enter__(self) -> KernelProbes:
         return self
@@ -208,21 +215,27 @@ class KernelProbes:
                     ExitCode.KERNEL_UNSUPPORTED,
                 ) from exc
 
-    def _on_raw(self, _ctx: int, data: int, size: int) -> None:
+    def _on_raw(self, _ctx: int, data: int, size: int) -> int:
         record = decode(ctypes.string_at(data, size))
         if record is not None and self._sink is not None:
             self._sink(record)
+        self._polled += 1
+        # a negative return ends this poll after this record (libbpf), so that a long burst still
+        # leaves the caller time for its timers and signals
+        return -1 if self._polled >= POLL_BATCH else 0
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to timeout_ms for records; each one goes to the callback given to start()."""
+        """Wait up to timeout_ms for records; up to POLL_BATCH of them go to the callback given to
+        start()."""
+        self._polled = 0
         self._bpf.ring_buffer_poll(timeout_ms)
 
-    def fork_parent(self, pid: int) -> tuple[int, int] | None:
-        """(parent pid, fork time) from the kernel's fork map, for a process that never exec'd."""
+    def fork_entry(self, pid: int) -> tuple[int, int, int] | None:
+        """(parent pid, fork time, last exec time) from the kernel's fork map."""
         if self._bpf is None:
             return None
         leaf = self._bpf["forks"].get(ctypes.c_uint32(pid))
-        return (leaf.ppid, leaf.start_ns) if leaf is not None else None
+        return (leaf.ppid, leaf.start_ns, leaf.exec_ns) if leaf is not None else None
 
     def lost(self) -> dict[str, int]:
         """Ring buffer reservations that failed since start, by record type (summed over CPUs)."""
@@ -245,10 +258,25 @@ class KernelProbes:
                 continue
             pid, family, dport, daddr, verdict = UDP_KEY.unpack(bytes(key))
             repeats = taken.repeats
-            header = Header(now_ns, pid, pid, 0, 0, 0, -1, -1, b"")
+            header = Header(now_ns, pid, pid, 0, 0, -1, 0, -1, -1, b"")
             out.append(ConnectRecord(header, family, ip_text(family, daddr), dport, 17, 2,
                                      verdict == 1, self.choice.probe_set if self.choice else "cgroup",
                                      repeats))
+        return out
+
+    def sweep_tcp(self, now_ns: int | None = None) -> list[ConnectRecord]:
+        """TCP connects still waiting for an outcome after TCP_HOLD_NS (a SYN to a silent host, a
+        connect that failed before SYN_SENT): taken out of the kernel and reported, outcome unknown."""
+        now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
+        out: list[ConnectRecord] = []
+        for name in ("tcp_by_tid", "tcp_by_sk"):
+            table = self._bpf[name]
+            for key, val in list(table.items()):
+                if now_ns - val.h.ts_ns < TCP_HOLD_NS:
+                    continue
+                taken = table.Leaf()
+                if bpfsys.lookup_and_delete(table.map_fd, key, taken):
+                    out.append(decode_connect(bytes(taken)))
         return out
 
     def close(self) -> None:

@@ -13,25 +13,21 @@ from dataclasses import dataclass
 EV_CONNECT = 1
 EV_EXEC = 2
 EV_EXIT = 3
-EV_TCPSTATE = 4
-EV_TCPERROR = 5
-EV_NAMES = {EV_CONNECT: "connect", EV_EXEC: "exec", EV_EXIT: "exit", EV_TCPSTATE: "tcpstate",
-            EV_TCPERROR: "tcperror"}
+EV_TCPERROR = 4
+EV_NAMES = {EV_CONNECT: "connect", EV_EXEC: "exec", EV_EXIT: "exit", EV_TCPERROR: "tcperror"}
 
 EXEC_ARGS_TRUNCATED = 1
 EXEC_NO_ARGV = 2
 DENIED = 1
 PROBES = ("cgroup", "kprobe")
 
-TCP_ESTABLISHED = 1
-TCP_SYN_SENT = 2
-TCP_CLOSE = 7
+OUTCOMES = ("unknown", "success", "failure")  # OW_OUTCOME_*
 
-_HEADER = "QIIIIQQII16s"
+_HEADER = "QIIIIQQQII16s"
 HEADER = struct.Struct("<" + _HEADER)
-CONNECT = struct.Struct("<" + _HEADER + "16sHHBBBBII")
+CONNECT = struct.Struct("<" + _HEADER + "16s16sHHHBBBBBxI")
 EXEC_HEAD = struct.Struct("<" + _HEADER + "IIII256s")
-TCPSTATE = struct.Struct("<" + _HEADER + "Q16s16sHHHHiiiI")
+TCPERROR = struct.Struct("<" + _HEADER + "16s16sHHHxxiI")
 UDP_KEY = struct.Struct("<IHH16sB7x")
 TYPE_OFFSET = 8
 
@@ -54,6 +50,7 @@ class Header:
     tid: int
     ppid: int
     start_ns: int
+    exec_ns: int  # the process image: its last exec's time, 0 = none seen, -1 = the current one
     cgroup_id: int
     uid: int
     gid: int
@@ -71,6 +68,9 @@ class ConnectRecord:
     denied: bool
     probe: str
     count: int
+    outcome: str = "unknown"  # success | failure | unknown
+    saddr: str = ""
+    sport: int = 0
 
 
 @dataclass(slots=True)
@@ -89,25 +89,23 @@ class ExitRecord:
 
 
 @dataclass(slots=True)
-class TcpStateRecord:
+class TcpErrorRecord:
+    """The error that closed a failed TCP connect, matched to it on (daddr, sport, dport)."""
+
     h: Header
-    error_report: bool
-    skaddr: int
     family: int
     saddr: str
     daddr: str
     sport: int
     dport: int
-    oldstate: int
-    newstate: int
     error: int
 
 
-Record = ConnectRecord | ExecRecord | ExitRecord | TcpStateRecord
+Record = ConnectRecord | ExecRecord | ExitRecord | TcpErrorRecord
 
 
 def _header(v: tuple) -> Header:
-    return Header(v[0], v[2], v[3], v[4], v[5], v[6], v[7], v[8], _cstr(v[9]))
+    return Header(v[0], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], _cstr(v[10]))
 
 
 def decode(data: bytes) -> Record | None:
@@ -116,22 +114,33 @@ def decode(data: bytes) -> Record | None:
         return None
     kind = int.from_bytes(data[TYPE_OFFSET:TYPE_OFFSET + 4], "little")
     if kind == EV_CONNECT and len(data) >= CONNECT.size:
-        v = CONNECT.unpack_from(data)
-        family = v[12]
-        return ConnectRecord(_header(v), family, ip_text(family, v[10]), v[11], v[13], v[14],
-                             v[15] == DENIED, PROBES[v[16] & 1], v[17])
+        return decode_connect(data)
     if kind == EV_EXEC and len(data) >= EXEC_HEAD.size:
         v = EXEC_HEAD.unpack_from(data)
-        argc, args_len, flags = v[11], v[12], v[13]
+        argc, args_len, flags = v[12], v[13], v[14]
         blob = data[EXEC_HEAD.size:EXEC_HEAD.size + args_len]
         argv = blob.split(b"\0")[:argc] if argc else []
-        return ExecRecord(_header(v), v[10], _cstr(v[14]), argv, bool(flags & EXEC_ARGS_TRUNCATED),
+        return ExecRecord(_header(v), v[11], _cstr(v[15]), argv, bool(flags & EXEC_ARGS_TRUNCATED),
                           bool(flags & EXEC_NO_ARGV))
     if kind == EV_EXIT:
         return ExitRecord(_header(HEADER.unpack_from(data)))
-    if kind in (EV_TCPSTATE, EV_TCPERROR) and len(data) >= TCPSTATE.size:
-        v = TCPSTATE.unpack_from(data)
+    if kind == EV_TCPERROR and len(data) >= TCPERROR.size:
+        v = TCPERROR.unpack_from(data)
         family = v[15]
-        return TcpStateRecord(_header(v), kind == EV_TCPERROR, v[10], family, ip_text(family, v[11]),
-                              ip_text(family, v[12]), v[13], v[14], v[17], v[18], v[19])
+        return TcpErrorRecord(_header(v), family, ip_text(family, v[11]), _unmapped(ip_text(family, v[12])),
+                              v[13], v[14], v[16])
     return None
+
+
+def decode_connect(data: bytes) -> ConnectRecord:
+    """A struct ow_connect (from the ring buffer, or a held one taken from tcp_by_tid/tcp_by_sk)."""
+    v = CONNECT.unpack_from(data)
+    family, sport, outcome = v[15], v[14], v[20]
+    return ConnectRecord(_header(v), family, ip_text(family, v[11]), v[13], v[16], v[17], v[18] == DENIED,
+                         PROBES[v[19] & 1], v[21], OUTCOMES[outcome] if outcome < 3 else "unknown",
+                         ip_text(family, v[12]) if sport else "", sport)
+
+
+def _unmapped(ip: str) -> str:
+    """::ffff:a.b.c.d as a.b.c.d: connect records report IPv4-mapped destinations as IPv4."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip

@@ -23,11 +23,28 @@ from outwatch.proc.identity import NS_PER_TICK, entity_id, read_stat
 
 LINGER_NS = 60_000_000_000
 MAX_ANCESTORS = 32
+MAX_IMAGES = 4  # images kept per process (execs in a row before its connects were reported)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    ppid: int  # 0 when the fork was not seen
+    start_ns: int
+    exec_ns: int  # the running image's exec time, 0 when none was seen
 
 
 def text(raw: bytes) -> str:
     """Kernel bytes to str: invalid UTF-8 is kept visible as \\x escapes, never dropped."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+def _trim_images(proc: Proc) -> None:
+    """Keep at most MAX_IMAGES images of a process."""
+    for _ in range(MAX_IMAGES - 1):
+        if proc.prev is None:
+            return
+        proc = proc.prev
+    proc.prev = None
 
 
 def same_start(a: int, b: int) -> bool:
@@ -42,6 +59,7 @@ class Proc:
     ppid: int
     start_ns: int  # CLOCK_BOOTTIME ns of the fork, 0 when unknown
     comm: str
+    exec_ns: int = 0  # the exec that made this image (its record's time), 0 for an image seen before
     exe: str | None = None
     argv: list[str] = field(default_factory=list)
     uid: int | None = None
@@ -54,6 +72,7 @@ class Proc:
     cgroup: CgroupInfo | None = None
     probed: bool = False  # /proc facts were looked up (once per image)
     cache: dict | None = None  # the ECS process object, built once per image by event.py
+    prev: Proc | None = None  # the image this one replaced (a connect may be reported after an exec)
 
     @property
     def entity_id(self) -> str:
@@ -61,11 +80,12 @@ class Proc:
 
 
 class ProcessTable:
-    def __init__(self, parent_of: Callable[[int], tuple[int, int] | None] | None = None) -> None:
-        """parent_of(pid) -> (ppid, start_ns) from the kernel's fork map, for processes that forked
-        after start and never exec'd (a subshell, the middle of a double fork)."""
+    def __init__(self, kernel_view: Callable[[int], KernelView | None] | None = None) -> None:
+        """kernel_view(pid): what the kernel's fork map knows of a process: the parent of one that
+        forked after start and never exec'd (a subshell, the middle of a double fork), and which
+        image it runs now (so /proc is read only while it still runs the image being described)."""
         self.procs: dict[int, Proc] = {}
-        self._parent_of = parent_of
+        self._kernel_view = kernel_view
         self._exited: deque[tuple[int, int]] = deque()
         self._users: dict[int, str | None] = {}
 
@@ -97,28 +117,48 @@ class ProcessTable:
         self.procs[pid] = proc
         return proc
 
+    def _runs(self, proc: Proc) -> bool:
+        """Whether the process still runs this image (the kernel's last exec time is the image's)."""
+        if self._kernel_view is None or not proc.exec_ns:
+            return True
+        view = self._kernel_view(proc.pid)
+        return view is not None and view.exec_ns == proc.exec_ns
+
     def _probe(self, proc: Proc) -> None:
-        """Read what only /proc knows, once, if the pid is still this process."""
+        """Read what only /proc knows, once, if the pid is still this process running this image
+        (checked before and after: an exec in between discards what was read)."""
         proc.probed = True
         stat = read_stat(proc.pid)
-        if stat is None or not same_start(proc.start_ns, stat[2]):
+        if stat is None or not same_start(proc.start_ns, stat[2]) or not self._runs(proc):
             return
         facts = exe_facts(proc.pid)
+        cwd = None
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"/proc/{proc.pid}/cwd")
+        cgroup = read_cgroup(proc.pid)
+        if not self._runs(proc):
+            return
         if facts is not None:
             proc.facts = facts
             proc.exe = facts.path
             proc.exe_from = "proc"
-        with contextlib.suppress(OSError):
-            proc.cwd = os.readlink(f"/proc/{proc.pid}/cwd")
-        proc.cgroup = read_cgroup(proc.pid)
+        proc.cwd = cwd or proc.cwd
+        proc.cgroup = cgroup
 
     def get(self, h: Header) -> Proc:
-        """The process of a kernel record, created from the record (and /proc) when unknown."""
+        """The process image of a kernel record (the one whose exec the record names), created from
+        the record (and /proc) when unknown."""
         proc = self.procs.get(h.pid)
         if proc is not None and not same_start(proc.start_ns, h.start_ns):
             proc = None  # the pid was reused since we last saw it
         if proc is None:
             proc = self._from_kernel(h.pid, h.ppid, h.start_ns, text(h.comm))
+            proc.exec_ns = max(h.exec_ns, 0)
+        elif h.exec_ns >= 0:
+            image = proc
+            while image.exec_ns > h.exec_ns and image.prev is not None:
+                image = image.prev
+            proc = image
         if h.uid >= 0:
             proc.uid = h.uid
         if not proc.probed:
@@ -126,8 +166,10 @@ class ProcessTable:
         return proc
 
     def _from_kernel(self, pid: int, ppid: int, start_ns: int, comm: str) -> Proc:
-        if not ppid and self._parent_of is not None:
-            ppid, start_ns = self._parent_of(pid) or (0, start_ns)
+        if not ppid and self._kernel_view is not None:
+            view = self._kernel_view(pid)
+            if view is not None:
+                ppid, start_ns = view.ppid, view.start_ns or start_ns
         proc = Proc(pid, ppid, start_ns, comm)
         parent = self.lookup(ppid) if ppid else None
         if parent is not None:
@@ -148,10 +190,10 @@ class ProcessTable:
         proc = self.procs.get(pid)
         if proc is not None:
             return proc
-        if self._parent_of is not None:
-            known = self._parent_of(pid)
-            if known is not None:
-                return self._from_kernel(pid, known[0], known[1], "")
+        if self._kernel_view is not None:
+            view = self._kernel_view(pid)
+            if view is not None and view.ppid:
+                return self._from_kernel(pid, view.ppid, view.start_ns, "")
         return self._from_proc(pid)
 
     def on_exec(self, rec: ExecRecord) -> Proc:
@@ -166,9 +208,11 @@ class ProcessTable:
                     proc.ppid = proc.ppid or stat[1]
                     proc.start_ns = proc.start_ns or stat[2]
         else:
-            # a new image: a new record, so connects already queued keep the image that made them
-            proc = replace(proc, ppid=h.ppid or proc.ppid, exited_ns=0)
+            # a new image: a new record, so connects made by the old one keep it
+            proc = replace(proc, ppid=h.ppid or proc.ppid, exited_ns=0, prev=proc)
+            _trim_images(proc)
             self.procs[h.pid] = proc
+        proc.exec_ns = h.ts_ns
         proc.comm = text(h.comm)
         proc.uid = h.uid
         filename = text(rec.filename)

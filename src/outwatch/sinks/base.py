@@ -22,7 +22,7 @@ from outwatch.sinks.url import SinkSpec
 
 BATCH_BYTES = 256 << 10  # one write / writev / sendmsg carries at most about this much
 IOV_MAX = 1024  # Linux's limit on buffers per writev/sendmsg
-LINGER = 0.02  # after the queue drains, poll it this long before asking put() for a wake-up
+LINGER = 0.002  # after the queue drains, poll it this long before asking put() for a wake-up
 LOSS_REPORT_EVERY = 60.0  # seconds between two stderr lines about lost events
 
 
