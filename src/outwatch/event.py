@@ -7,6 +7,7 @@ connections; only the network part is built per event.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 from datetime import UTC, datetime
@@ -21,9 +22,15 @@ ECS_VERSION = "9.4.0"
 TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
 
 
+@functools.lru_cache(maxsize=64)
+def _second(secs: int) -> str:
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def rfc3339_ns(wall_ns: int) -> str:
+    """RFC 3339, UTC, nanoseconds (the date part is formatted once per second)."""
     secs, ns = divmod(wall_ns, 1_000_000_000)
-    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns:09d}Z"
+    return f"{_second(secs)}{ns:09d}Z"
 
 
 def _host() -> dict:
