@@ -35,7 +35,7 @@ def test_temp_dir_process_is_an_alert_with_reasons(watch: Watch, connect_once: P
     with _listener() as srv:
         port = srv.getsockname()[1]
         pid = _pid(subprocess.run([str(exe), "127.0.0.1", str(port)], capture_output=True).stdout)
-        (ev,) = watch.wait_for(lambda e: e.get("process", {}).get("pid") == pid)
+        (ev,) = watch.wait_for(lambda e: e.get("process", {}).get("pid") == pid, hint=f'"pid":{pid},'.encode())
     assert ev["event"]["kind"] == "alert"
     assert "OW-EXE-TMP" in _reasons(ev)
     assert ev["outwatch"]["severity"] in ("medium", "high", "critical")
@@ -49,7 +49,7 @@ def test_shell_reverse_connection_is_high(watch: Watch, netns_pair: NetnsPair) -
     out = netns_pair.run("bash", "-c", f"echo pid=$$; exec 3<>/dev/tcp/{netns_pair.HOST_IP}/4444; sleep 0.3",
                          capture_output=True, timeout=10).stdout
     pid = _pid(out)
-    (ev,) = watch.wait_for(lambda e: e.get("process", {}).get("pid") == pid)
+    (ev,) = watch.wait_for(lambda e: e.get("process", {}).get("pid") == pid, hint=f'"pid":{pid},'.encode())
     assert ev["destination"] == {"ip": netns_pair.HOST_IP, "port": 4444}
     # bash execs `sleep` right after connecting: the connect still belongs to the bash image
     assert ev["process"]["executable"] == "/usr/bin/bash" and ev["process"]["args"][0] == "bash"
@@ -67,7 +67,8 @@ def test_ordinary_system_binary_stays_below_the_alert_threshold(watch: Watch) ->
         proc = subprocess.run(["/usr/bin/python3", "-c", code], check=True)
         assert proc.returncode == 0
         (ev,) = watch.wait_for(lambda e: e.get("destination", {}).get("port") == port
-                               and e["process"]["executable"].startswith("/usr/bin/python3"))
+                               and e["process"]["executable"].startswith("/usr/bin/python3"),
+                               hint=f'"port":{port}}}'.encode())
     assert ev["event"]["kind"] == "event"
     assert ev["outwatch"]["severity"] in ("info", "low")
 

@@ -89,7 +89,7 @@ class EventBuilder:
         if ancestors:
             parent = self._brief(ancestors[0])
             process["parent"] = parent
-            provenance["parent"] = "kernel" if proc.ppid else "proc"
+            provenance["parent"] = proc.ppid_from
             ow["ancestors"] = [self._brief(a) for a in ancestors]
         facts = proc.facts
         if facts is not None:

@@ -60,6 +60,7 @@ class Proc:
     start_ns: int  # CLOCK_BOOTTIME ns of the fork, 0 when unknown
     comm: str
     exec_ns: int = 0  # the exec that made this image (its record's time), 0 for an image seen before
+    ppid_from: str = "proc"  # kernel (its fork was seen) | proc
     exe: str | None = None
     argv: list[str] = field(default_factory=list)
     uid: int | None = None
@@ -170,7 +171,7 @@ class ProcessTable:
             view = self._kernel_view(pid)
             if view is not None:
                 ppid, start_ns = view.ppid, view.start_ns or start_ns
-        proc = Proc(pid, ppid, start_ns, comm)
+        proc = Proc(pid, ppid, start_ns, comm, ppid_from="kernel" if ppid else "proc")
         parent = self.lookup(ppid) if ppid else None
         if parent is not None:
             # forked without an exec (yet): the parent's image
@@ -200,7 +201,7 @@ class ProcessTable:
         h = rec.h
         proc = self.procs.get(h.pid)
         if proc is None or not same_start(proc.start_ns, h.start_ns):
-            proc = Proc(h.pid, h.ppid, h.start_ns, text(h.comm))
+            proc = Proc(h.pid, h.ppid, h.start_ns, text(h.comm), ppid_from="kernel" if h.ppid else "proc")
             self.procs[h.pid] = proc
             if not h.ppid or not h.start_ns:
                 stat = read_stat(h.pid)
@@ -209,7 +210,8 @@ class ProcessTable:
                     proc.start_ns = proc.start_ns or stat[2]
         else:
             # a new image: a new record, so connects made by the old one keep it
-            proc = replace(proc, ppid=h.ppid or proc.ppid, exited_ns=0, prev=proc)
+            proc = replace(proc, ppid=h.ppid or proc.ppid, ppid_from="kernel" if h.ppid else proc.ppid_from,
+                           exited_ns=0, prev=proc)
             _trim_images(proc)
             self.procs[h.pid] = proc
         proc.exec_ns = h.ts_ns
