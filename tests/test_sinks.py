@@ -283,3 +283,16 @@ def test_stdout_sink_and_a_reader_that_goes_away() -> None:
     stats = orjson.loads(err.splitlines()[-1])
     assert stats["dropped"] > 0 and stats["delivered"] + stats["dropped"] == 200000
     assert b"Traceback" not in err
+
+
+def test_a_file_output_that_falls_behind_slows_the_reader_instead_of_dropping(tmp_path: Path) -> None:
+    """A tiny queue and a fast producer: put() waits for the writer, nothing is dropped."""
+    path = tmp_path / "events.ndjson"
+    sinks = open_sinks([str(path)], spool_dir=tmp_path / "spool", queue_max=8)
+    lines = [event_line(i) for i in range(20_000)]
+    for line in lines:
+        sinks.emit(line)
+    sinks.close()
+    stats = sinks.stats()
+    assert stats["dropped"] == 0
+    assert path.read_bytes().splitlines(keepends=True) == lines

@@ -1,9 +1,13 @@
 """What every sink shares: a bounded queue filled by the tracer, drained by the sink's own thread.
 
 put() is the tracer's hot path (called for every event from the ring-buffer reader): a length check
-and a deque append, plus one eventfd write when the sink thread is asleep. It never blocks; a full
-queue counts the line as dropped. A sink thread that emptied its queue lingers LINGER seconds before
-it sleeps, so under a steady stream it takes batches on its own and put() makes no system call.
+and a deque append, plus one eventfd write when the sink thread is asleep. A network sink's put()
+never blocks (what it cannot send goes to its spool); a local sink (file, stdout) that falls behind
+makes put() wait up to FULL_WAIT for room, because the usual cause is the writer thread getting too
+little CPU while the reader runs flat out, and meanwhile the backlog waits in the kernel's ring
+buffer, which is larger than this queue. Only then is a line counted as dropped. A sink thread that
+emptied its queue lingers LINGER seconds before it sleeps, so under a steady stream it takes batches
+on its own and put() makes no system call.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from outwatch.sinks.url import SinkSpec
 BATCH_BYTES = 256 << 10  # one write / writev / sendmsg carries at most about this much
 IOV_MAX = 1024  # Linux's limit on buffers per writev/sendmsg
 LINGER = 0.002  # after the queue drains, poll it this long before asking put() for a wake-up
+FULL_WAIT = 1.0  # a local sink's full queue: how long put() waits for room before dropping
 LOSS_REPORT_EVERY = 60.0  # seconds between two stderr lines about lost events
 
 
 class Sink:
+    waits_when_full = False  # local sinks: put() waits (up to FULL_WAIT) for room rather than dropping
+
     def __init__(self, spec: SinkSpec, queue_max: int) -> None:
         self.spec = spec
         self.delivered = 0
@@ -37,6 +44,8 @@ class Sink:
         self._queue_max = queue_max
         self._overflow = 0  # counted by put(): the queue was full
         self._overflow_lock = threading.Lock()
+        self._room = threading.Event()  # set by the sink thread each time it takes a batch
+        self._stalled = False
         self._idle = False
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poll = select.poll()
@@ -50,6 +59,8 @@ class Sink:
 
     def put(self, line: bytes) -> None:
         queue = self._queue
+        if len(queue) >= self._queue_max and self.waits_when_full and not self._stalled:
+            self._wait_for_room()
         if len(queue) < self._queue_max:
             queue.append(line)
             if self._idle:
@@ -58,6 +69,18 @@ class Sink:
         else:
             with self._overflow_lock:
                 self._overflow += 1
+
+    def _wait_for_room(self) -> None:
+        """Wait for the sink thread to take a batch; a writer that took nothing for FULL_WAIT is
+        stalled (a stopped reader on a pipe), and put() drops without waiting until it moves again."""
+        deadline = time.monotonic() + FULL_WAIT
+        while len(self._queue) >= self._queue_max and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._thread.is_alive():
+                self._stalled = True
+                return
+            self._room.clear()
+            self._room.wait(min(left, 0.05))
 
     def start(self) -> None:
         self._thread.start()
@@ -87,6 +110,9 @@ class Sink:
                 size += len(line)
         except IndexError:
             pass
+        if lines:
+            self._stalled = False
+            self._room.set()
         return lines
 
     def _sleep(self, timeout: float, idle: bool) -> list[tuple[int, int]]:

@@ -49,6 +49,8 @@ def write_lines(fd: int, lines: list[bytes]) -> int:
 class LocalSink(Sink):
     """stdout (fd 1) or an appended file."""
 
+    waits_when_full = True
+
     def __init__(self, spec: SinkSpec, queue_max: int) -> None:
         super().__init__(spec, queue_max)
         self._fd = 1
