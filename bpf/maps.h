@@ -16,7 +16,7 @@ BPF_ARRAY(config, struct ow_settings, 1);
  * (sched_process_exec). Kept after exit (LRU evicts) so that the parent of a double-forked daemon is
  * still known when the middle process is gone. Thread creations land here too; their keys are tids
  * that never act as a tgid. */
-BPF_TABLE("lru_hash", u32, struct ow_fork, forks, 65536);
+BPF_TABLE("lru_hash", u32, struct ow_fork, forks, 131072);
 
 /* tid -> argv captured at sys_enter_execve, completed and sent at sched_process_exec. */
 BPF_TABLE("lru_hash", u32, struct ow_exec, exec_args, 1024);

@@ -204,7 +204,9 @@ def request(op: str, path: Path = DEFAULT_PATH, timeout: float = 5.0, **args: An
             raise OutwatchError(f"the control socket {path} is root only", hint="run this command with sudo",
                                 code=ExitCode.NOT_ROOT) from None
         try:
-            sock.sendall(orjson.dumps({**args, "op": op}) + b"\n")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                # the server may answer (a refusal) and close before reading the request
+                sock.sendall(orjson.dumps({**args, "op": op}) + b"\n")
             line = _read_line(sock)
         except TimeoutError:
             raise OutwatchError(f"outwatch watch did not answer within {timeout:g} s (op {op!r})") from None

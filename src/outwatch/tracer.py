@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from outwatch.encode import encode
 from outwatch.event import ECS_VERSION, EventBuilder, rfc3339_ns
 from outwatch.flows import FailedConnects
-from outwatch.kernel.probes import KernelProbes
+from outwatch.kernel.probes import POLL_BATCH, KernelProbes
 from outwatch.kernel.records import (
     EV_NAMES,
     ConnectRecord,
@@ -34,6 +34,7 @@ from outwatch.proc.identity import Clock
 from outwatch.proc.table import KernelView, Proc, ProcessTable
 
 POLL_MS = 50
+FINAL_DRAIN_S = 5.0  # at exit, how long to keep reading a ring buffer that is still being filled
 SWEEP_NS = 250_000_000  # kernel-held UDP repeats and TCP connects without an outcome
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 
@@ -162,7 +163,10 @@ class Tracer:
             self.finish()
 
     def finish(self) -> None:
-        self.probes.poll(0)
+        """Drain what the kernel still holds (for up to FINAL_DRAIN_S), report, detach."""
+        deadline = time.monotonic() + FINAL_DRAIN_S
+        while self.probes.poll(0) >= POLL_BATCH and time.monotonic() < deadline:
+            pass
         self.drain()
         for rec in (*self.probes.sweep_udp(1 << 62), *self.probes.sweep_tcp(1 << 62)):
             self._connect(rec)

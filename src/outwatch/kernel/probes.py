@@ -224,11 +224,12 @@ class KernelProbes:
         # leaves the caller time for its timers and signals
         return -1 if self._polled >= POLL_BATCH else 0
 
-    def poll(self, timeout_ms: int) -> None:
+    def poll(self, timeout_ms: int) -> int:
         """Wait up to timeout_ms for records; up to POLL_BATCH of them go to the callback given to
-        start()."""
+        start(). Returns how many did."""
         self._polled = 0
         self._bpf.ring_buffer_poll(timeout_ms)
+        return self._polled
 
     def fork_entry(self, pid: int) -> tuple[int, int, int] | None:
         """(parent pid, fork time, last exec time) from the kernel's fork map."""

@@ -123,7 +123,7 @@ class ProcessTable:
         if self._kernel_view is None or not proc.exec_ns:
             return True
         view = self._kernel_view(proc.pid)
-        return view is not None and view.exec_ns == proc.exec_ns
+        return view is None or view.exec_ns == proc.exec_ns  # None: evicted from the LRU map, can't tell
 
     def _probe(self, proc: Proc) -> None:
         """Read what only /proc knows, once, if the pid is still this process running this image
