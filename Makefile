@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool bpftrace python3-venv \
-	iproute2 ufw nftables iptables rsyslog logrotate systemd socat jq gcc make procps
+	iproute2 ufw nftables iptables rsyslog logrotate systemd socat jq gcc libc6-dev make procps
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
@@ -37,6 +37,7 @@ lint: install
 	@$(VENV)/bin/ruff check src tests bench
 
 bench: install
+	@$(PY) -m pip install -q --disable-pip-version-check 'py-spy>=0.4'
 	@$(PY) bench/run.py
 
 clean:

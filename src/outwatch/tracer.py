@@ -34,6 +34,7 @@ from outwatch.proc.identity import Clock
 from outwatch.proc.table import KernelView, Proc, ProcessTable
 
 POLL_MS = 50
+SWITCH_INTERVAL_S = 0.0005  # the output threads get the GIL often enough to keep up with the reader
 FINAL_DRAIN_S = 5.0  # at exit, how long to keep reading a ring buffer that is still being filled
 SWEEP_NS = 250_000_000  # kernel-held UDP repeats and TCP connects without an outcome
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -111,6 +112,7 @@ class Tracer:
     def start(self) -> str:
         """Attach the probes and seed the process table; returns the probe choice for the user."""
         t0 = time.monotonic()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         choice = self.probes.start(self._on_record)
         self.table = ProcessTable(kernel_view=self._kernel_view)
         self.table.seed()
@@ -195,11 +197,11 @@ class Tracer:
         self._inbox.put(event)
 
     def _on_record(self, rec: Record) -> None:
-        """Each record is handled as the ring buffer hands it over: nothing piles up in Python while
-        a burst waits in the kernel's buffer."""
+        """Records are handled poll batch by poll batch: nothing piles up in Python while a burst
+        waits in the kernel's buffer."""
         try:
             self.handle(rec)
-        except Exception as exc:  # raised in a ctypes callback it would be printed and lost
+        except Exception as exc:  # one record that trips a bug must not stop the tracer
             self.internal_errors += 1
             if self.internal_errors <= 3:
                 self._log(f"internal error on a {type(rec).__name__} (event skipped): {exc!r}")

@@ -55,6 +55,9 @@ KPROBE_PROGRAMS = (
 )
 
 
+_libc = ctypes.CDLL("libc.so.6")
+
+
 def bpf_dir() -> Path:
     """The BPF C sources: shipped in the package (a symlink to bpf/ in a checkout)."""
     return Path(str(resources.files("outwatch") / "bpf"))
@@ -123,7 +126,7 @@ class KernelProbes:
         self.headers_note = ""
         self.deny: DenyMap | None = None
         self._sink: Callable[[Record], None] | None = None
-        self._polled = 0
+        self._batch: list[bytes] = []
 
     def __enter__(self) -> KernelProbes:
         return self
@@ -177,10 +180,7 @@ class KernelProbes:
 
     def _compile(self, bcc: Any, probe_set: str) -> Any:
         try:
-            return bcc.BPF(
-                text=program_text(probe_set, self._ringbuf_pages),
-                cflags=[f"-I{bpf_dir()}", "-w"],
-            )
+            loaded = bcc.BPF(text=program_text(probe_set, self._ringbuf_pages), cflags=[f"-I{bpf_dir()}", "-w"])
         except Exception as exc:
             raise OutwatchError(
                 f"this kernel refused outwatch's BPF programs: {str(exc).splitlines()[0]}",
@@ -188,6 +188,8 @@ class KernelProbes:
                 "see the verifier output above",
                 ExitCode.KERNEL_UNSUPPORTED,
             ) from exc
+        _libc.malloc_trim(0)  # give back the heap the compiler used (tens of MB of resident memory)
+        return loaded
 
     def _attach_cgroup(self, bcc: Any) -> None:
         assert self._cgroup_fd is not None
@@ -216,20 +218,24 @@ class KernelProbes:
                 ) from exc
 
     def _on_raw(self, _ctx: int, data: int, size: int) -> int:
-        record = decode(ctypes.string_at(data, size))
-        if record is not None and self._sink is not None:
-            self._sink(record)
-        self._polled += 1
-        # a negative return ends this poll after this record (libbpf), so that a long burst still
-        # leaves the caller time for its timers and signals
-        return -1 if self._polled >= POLL_BATCH else 0
+        """Only copies: records are handled after the poll, in plain Python, where the interpreter's
+        switch interval lets the output threads run (work done inside a ctypes callback per record
+        starves them). A negative return makes libbpf stop after this record: the rest stays in the
+        ring buffer, and a long burst still leaves the caller time for its timers and signals."""
+        self._batch.append(ctypes.string_at(data, size))
+        return -1 if len(self._batch) >= POLL_BATCH else 0
 
     def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for records; up to POLL_BATCH of them go to the callback given to
-        start(). Returns how many did."""
-        self._polled = 0
+        """Wait up to timeout_ms for records, then hand up to POLL_BATCH of them to the callback
+        given to start(). Returns how many."""
         self._bpf.ring_buffer_poll(timeout_ms)
-        return self._polled
+        batch, self._batch = self._batch, []
+        sink = self._sink
+        for data in batch:
+            record = decode(data)
+            if record is not None and sink is not None:
+                sink(record)
+        return len(batch)
 
     def fork_entry(self, pid: int) -> tuple[int, int, int] | None:
         """(parent pid, fork time, last exec time) from the kernel's fork map."""
