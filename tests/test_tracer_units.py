@@ -1,0 +1,72 @@
+"""Pieces of the tracer that are plain logic: filters, the header fallback, failed-connect pairing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from outwatch.errors import ExitCode, OutwatchError
+from outwatch.flows import ERROR_WAIT_NS, FailedConnects
+from outwatch.kernel.headers import find_headers
+from outwatch.kernel.records import ConnectRecord, Header, TcpErrorRecord
+from outwatch.proc.table import Proc
+from outwatch.tracer import Filters
+
+
+def _rec(pid: int = 10, uid: int = 1000, dport: int = 443, outcome: str = "success",
+         sport: int = 40000) -> ConnectRecord:
+    h = Header(1, pid, pid, 1, 1, 0, 0, uid, uid, b"curl")
+    return ConnectRecord(h, 2, "203.0.113.7", dport, 6, 1, False, "cgroup", 1, outcome, "10.0.0.2", sport)
+
+
+PROC = Proc(10, 1, 1, "curl", exe="/usr/bin/curl")
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    (Filters(), True),
+    (Filters(pids=frozenset({10})), True),
+    (Filters(pids=frozenset({11})), False),
+    (Filters(uids=frozenset({1000})), True),
+    (Filters(uids=frozenset({0})), False),
+    (Filters(exe_globs=("/usr/bin/c*",)), True),
+    (Filters(exe_globs=("/tmp/*",)), False),
+    (Filters(ports=frozenset({443, 80})), True),
+    (Filters(ports=frozenset({22})), False),
+    (Filters(pids=frozenset({10}), ports=frozenset({22})), False),  # every filter given must match
+])
+def test_filters(filters: Filters, expected: bool) -> None:
+    assert filters.match(_rec(), PROC) is expected
+
+
+def test_a_failed_connect_waits_for_its_error_then_goes_without_it() -> None:
+    failed = FailedConnects()
+    assert failed.add(_rec(outcome="failure"), PROC, now_ns=0) == []
+    err = TcpErrorRecord(Header(2, 0, 0, 0, 0, 0, 0, 0, 0, b""), 2, "10.0.0.2", "203.0.113.7", 40000, 443, 111)
+    [(rec, proc, errno)] = failed.on_error(err)
+    assert (rec.dport, proc, errno) == (443, PROC, 111)
+    failed.add(_rec(outcome="failure", sport=40001), PROC, now_ns=0)
+    assert failed.flush(ERROR_WAIT_NS - 1) == []
+    [(rec, _, errno)] = failed.flush(ERROR_WAIT_NS)
+    assert (rec.sport, errno) == (40001, 0)
+
+
+def test_headers_fall_back_to_debian_trees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    src = tmp_path / "src"
+    for tree in ("linux-headers-6.1.0-9-amd64", "linux-headers-6.1.0-9-common"):
+        (src / tree / "include" / "linux").mkdir(parents=True)
+    (src / "linux-headers-6.1.0-9-amd64" / "include" / "generated").mkdir()
+    (src / "linux-headers-6.1.0-9-common" / "include" / "linux" / "bpf.h").write_text("/* common */")
+    found = find_headers("9.9.9-custom", src_root=src, farm_root=tmp_path / "farm")
+    assert found.fallback and "6.1.0-9-amd64" in found.note and "9.9.9-custom" in found.note
+    assert (found.path / "include" / "linux" / "bpf.h").read_text() == "/* common */"
+    assert (found.path / "include" / "generated").is_dir()
+
+
+def test_no_headers_at_all_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    with pytest.raises(OutwatchError) as err:
+        find_headers("9.9.9-custom", src_root=tmp_path, farm_root=tmp_path / "farm")
+    assert err.value.code == ExitCode.NO_HEADERS
+    assert "linux-headers-amd64" in err.value.hint
