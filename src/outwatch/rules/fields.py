@@ -172,16 +172,36 @@ def _scalar_fast(keys: tuple[str, ...], cls: type) -> Callable[[dict], object]:
     return get3
 
 
+_MEMO_MAX = 4096
+
+
+def _per_list(compute: Callable[[list], object]) -> Callable[[list], object]:
+    """compute(lst), remembered per list object. The tracer hands every event of a process image the
+    same args and ancestors lists, so their values are worked out once per image, not per connect.
+    The memo holds each list it remembers, so an id cannot be reused while it is in there."""
+    memo: dict[int, tuple[list, object]] = {}
+
+    def get(lst: list) -> object:
+        hit = memo.get(id(lst))
+        if hit is not None and hit[0] is lst:
+            return hit[1]
+        value = compute(lst)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[id(lst)] = (lst, value)
+        return value
+
+    return get
+
+
 def _strings(path: str) -> tuple[Callable[[dict], object], Callable[[dict], object]]:
     """A list of strings (process.args): the string elements as a tuple."""
     raw = _raw(tuple(path.split(".")))
+    strings = _per_list(lambda v: tuple(x for x in v if x.__class__ is str) or MISSING)
 
     def get(event: dict) -> object:
         v = raw(event)
-        if v.__class__ is not list:
-            return MISSING
-        values = tuple(x for x in v if x.__class__ is str)  # type: ignore[attr-defined]
-        return values or MISSING
+        return strings(v) if v.__class__ is list else MISSING  # type: ignore[arg-type]
 
     return get, get
 
@@ -193,12 +213,9 @@ def _ancestors(sub: str, kind: Kind) -> tuple[Callable[[dict], object], Callable
     check = _CHECKS[kind]
     flatten = sub == "args"
 
-    def get(event: dict) -> object:
-        chain = ancestors(event)
-        if chain.__class__ is not list:
-            return MISSING
+    def collect(chain: list) -> object:
         values: list[object] = []
-        for entry in chain:  # type: ignore[attr-defined]
+        for entry in chain:
             v = inner(entry)
             if flatten:
                 if v.__class__ is list:
@@ -206,6 +223,12 @@ def _ancestors(sub: str, kind: Kind) -> tuple[Callable[[dict], object], Callable
             elif v is not MISSING and (v := check(v)) is not MISSING:
                 values.append(v)
         return tuple(values) or MISSING
+
+    per_chain = _per_list(collect)
+
+    def get(event: dict) -> object:
+        chain = ancestors(event)
+        return per_chain(chain) if chain.__class__ is list else MISSING  # type: ignore[arg-type]
 
     return get, get
 
