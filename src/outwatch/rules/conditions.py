@@ -493,9 +493,11 @@ class Compiler:
             tests.append(f"{{x}} in {name}")
             multi.append(f"not {name}.isdisjoint({{v}})")
         if wild:
-            name = self.const(re.compile("|".join(fnmatch.translate(p) for p in wild)).match)
-            tests.append(f"{name}({{x}}) is not None")
-            multi.append(f"any(map({name}, {{v}}))")
+            match = re.compile("|".join(fnmatch.translate(p) for p in wild)).match
+            one = functools.lru_cache(maxsize=_MEMO_SIZE)(lambda text: match(text) is not None)
+            every = functools.lru_cache(maxsize=_MEMO_SIZE)(lambda values: any(map(one, values)))
+            tests.append(f"{self.const(one)}({{x}})")
+            multi.append(f"{self.const(every)}({{v}})")
         template = "(" + " or ".join(tests) + ")"
         self._multi[template] = "(" + " or ".join(multi) + ")"
         return template
