@@ -314,7 +314,9 @@ METHOD = """\
   few µs on loopback), the ring buffer, enrichment, scoring, the sink queue and the write. Events
   without a source port (outcome unknown) are not paired. The last column checks the event's
   kernel-time `@timestamp` against the generator's clock.
-- **Footprint**: peak RSS = max(VmHWM before SIGINT, wait4 ru_maxrss); CPU per 100k events = tracer CPU
+- **Footprint**: peak RSS = VmHWM just before SIGINT (the peak of the tracer's own image; wait4's
+  ru_maxrss is not used: Linux carries into it the size of the forked benchmark process from before
+  the exec); CPU per 100k events = tracer CPU
   after attach / events emitted; start-up: spawn → "outwatch: probes:" on stderr (attached, table
   seeded) and spawn → first event line of a 200/s prober started just before the tracer.
 - **Profile**: py-spy samples the tracer from outside (no change to it) during one more TCP v4 flood.

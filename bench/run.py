@@ -161,7 +161,7 @@ class Bench:
         emitted = int(final.get("events_emitted", 0)) if final else 0
         work_cpu = exit_.cpu_s - s.cpu_ready
         self.results.footprint.append({
-            "round": rnd, "tool": "outwatch", "hwm_mb": max(s.hwm_kb, exit_.maxrss_kb) / 1024,
+            "round": rnd, "tool": "outwatch", "hwm_mb": s.hwm_kb / 1024,
             "cpu_s": work_cpu, "events": emitted, "cpu_per_100k": work_cpu / emitted * 1e5 if emitted else None,
             "startup_cpu_s": s.cpu_ready, "attached_s": s.attached_s, "first_event_s": s.first_event_s,
             "stop_s": exit_.stop_s, "exit_code": exit_.code, "lines": scan.lines,
@@ -201,7 +201,7 @@ class Bench:
                                     "life_ms_p50": storm.life_ms_p50, "life_ms_max": storm.life_ms_max})
         lines = sum(out.per_pid.values())
         self.results.footprint.append({
-            "round": rnd, "tool": "bpftrace", "hwm_mb": max(s.hwm_kb, exit_.maxrss_kb) / 1024, "cpu_s": exit_.cpu_s,
+            "round": rnd, "tool": "bpftrace", "hwm_mb": s.hwm_kb / 1024, "cpu_s": exit_.cpu_s,
             "events": lines, "cpu_per_100k": exit_.cpu_s / lines * 1e5 if lines else None,
             "attached_s": s.attached_s, "first_event_s": None, "stop_s": exit_.stop_s, "exit_code": exit_.code})
         s.output.unlink(missing_ok=True)
@@ -221,7 +221,7 @@ class Bench:
         lost = {k: v - before[k] for k, v in after.items()} if before and after else None
         handled = gen.attempts - lost[EV_CONNECT] if lost else gen.attempts
         self.results.stages.append(self._row(
-            rnd, stage.label, gen, settle_s=settle_s, hwm_mb=max(s.hwm_kb, exit_.maxrss_kb) / 1024,
+            rnd, stage.label, gen, settle_s=settle_s, hwm_mb=s.hwm_kb / 1024,
             cpu_us_per_connect=(exit_.cpu_s - s.cpu_ready) / max(handled, 1) * 1e6,
             lost=sum(lost.values()) if lost else None))
         if s.output.is_file():

@@ -41,7 +41,6 @@ tracepoint:syscalls:sys_enter_sendto { printf("%d %s sendto %d\n", pid, comm, ar
 class Exit:
     code: int
     cpu_s: float  # user + system over the whole life (wait4 rusage)
-    maxrss_kb: int
     stop_s: float  # SIGINT to exit
 
 
@@ -53,7 +52,7 @@ def _wait(proc: subprocess.Popen, timeout: float) -> Exit | None:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return Exit(proc.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, time.monotonic() - start)
+            return Exit(proc.returncode, ru.ru_utime + ru.ru_stime, time.monotonic() - start)
         time.sleep(0.02)
     return None
 

@@ -64,3 +64,31 @@ def test_ring_buffer_losses_are_counted() -> None:
         lost = probes.lost()
     assert lost["exec"] > 0
     assert set(lost) == {"connect", "exec", "exit", "tcperror"}
+
+
+def _resident_kib(name_prefixes: tuple[str, ...]) -> tuple[int, int]:
+    """(resident KiB, mapped KiB) of this process's mappings of files whose name starts with a prefix."""
+    rss = size = 0
+    ours = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                parts = line.split(maxsplit=5)
+                ours = len(parts) == 6 and parts[5].strip().rpartition("/")[2].startswith(name_prefixes)
+            elif ours and first == "Rss:":
+                rss += int(line.split()[1])
+            elif ours and first == "Size:":
+                size += int(line.split()[1])
+    return rss, size
+
+
+def test_compiler_pages_are_handed_back_after_loading() -> None:
+    """BCC's LLVM and clang libraries (some 85 MB resident after a compile) are not needed once the
+    programs are loaded: start() hands their pages back, so an idle tracer does not carry them."""
+    require_root()
+    with KernelProbes(include_loopback=True, ringbuf_pages=64) as probes:
+        probes.start(lambda record: None)
+        rss, size = _resident_kib(("libLLVM", "libclang"))
+    assert size > 50_000, "BCC's compiler libraries should be mapped in this process"
+    assert rss < 20_000, f"{rss} KiB of compiler pages still resident after start()"

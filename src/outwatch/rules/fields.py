@@ -10,6 +10,7 @@ IP addresses are parsed once per event into (version, integer) pairs; IPv4-mappe
 from __future__ import annotations
 
 import enum
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,10 +252,14 @@ def _name_mismatch(event: dict) -> object:
     base = exe.rpartition("/")[2]  # type: ignore[attr-defined]
     if name == base or name == base[:COMM_LEN]:
         return False
-    candidates = [_basename(exe)]  # type: ignore[arg-type]
     args = _ARGS(event)
-    if args is not MISSING:
-        candidates.extend(_basename(a) for a in args[:2])  # type: ignore[index]
+    return _mismatch(name, exe, () if args is MISSING else args[:2])  # type: ignore[arg-type,index]
+
+
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _mismatch(name: str, exe: str, first_args: tuple[str, ...]) -> bool:
+    """The slow half of _name_mismatch, remembered: the same image asks again on every connect."""
+    candidates = [_basename(exe), *(_basename(a) for a in first_args)]
     return not any(name == c or name == c[:COMM_LEN] for c in candidates)
 
 
@@ -281,8 +286,16 @@ def _parse_time(v: object) -> datetime | None:
 
 def _exe_age_at_start(event: dict) -> object:
     """Seconds from the executable's last modification to the process start (negative: changed after)."""
-    start = _parse_time(_START(event))
-    mtime = _parse_time(_MTIME(event))
+    start, mtime = _START(event), _MTIME(event)
+    if start.__class__ is not str or mtime.__class__ is not str:
+        return MISSING
+    return _age(start, mtime)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _age(start_text: str, mtime_text: str) -> object:
+    start = _parse_time(start_text)
+    mtime = _parse_time(mtime_text)
     if start is None or mtime is None or (start.tzinfo is None) != (mtime.tzinfo is None):
         return MISSING
     return (start - mtime).total_seconds()
