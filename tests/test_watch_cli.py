@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import OUTWATCH, ROOT, Watch, require_root
+from conftest import OUTWATCH, ROOT, Watch, loaded_outwatch_programs, require_root
 
 
 def _run_as_nobody(*args: str) -> subprocess.CompletedProcess:
@@ -92,3 +92,28 @@ def test_filters_sigterm_pretty_and_hash(tmp_path: Path, connect_once: Path) -> 
     line = next(ln for ln in pretty.path.read_text().splitlines() if f":{port}/tcp" in ln)
     assert re.search(rf"connect_once .*-> 127\.0\.0\.1:{port}/tcp success", line), line
     assert f" {port} " in line and "root" in line
+
+
+def test_stops_when_the_reader_of_its_pipe_has_gone(tmp_path: Path) -> None:
+    """`outwatch watch | head` ends once head has exited, even with no event to write (the pipe's
+    POLLERR says so), exits 0 and leaves no program loaded."""
+    require_root()
+    err = (tmp_path / "stderr").open("w+")
+    proc = subprocess.Popen([*OUTWATCH, "watch", "--format", "ndjson"], stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while "probes:" not in (tmp_path / "stderr").read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "stderr").read_text()
+            time.sleep(0.1)
+        held = set(loaded_outwatch_programs(proc.pid))
+        assert held, "the tracer should hold its programs while it runs"
+        proc.stdout.close()  # type: ignore[union-attr]
+        rc = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (tmp_path / "stderr").read_text()
+    assert rc == 0, text
+    assert "the reader of standard output has gone" in text and "Traceback" not in text
+    assert not held & set(loaded_outwatch_programs())

@@ -106,7 +106,9 @@ def watch(fmt: str | None, outputs: tuple[str, ...], probes: str | None, include
         control = _start_control(ControlServer(handlers))
         tracer.install_signals()
         notifier.ready()
-        tracer.run(tick=notifier.tick)
+        tracer.run(until=sinks.all_gone, tick=notifier.tick)
+        if sinks.all_gone():
+            _log("the reader of standard output has gone (closed pipe): stopping")
     finally:
         notifier.stopping()
         if worker is not None:

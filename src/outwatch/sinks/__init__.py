@@ -52,6 +52,10 @@ class SinkSet:
         totals = {key: sum(s[key] for s in per_sink) for key in keys}
         return {"sinks": per_sink, **totals}
 
+    def all_gone(self) -> bool:
+        """Every output is gone for good (`outwatch watch | head` once head has exited)."""
+        return all(sink.gone for sink in self._sinks)
+
     def reopen(self) -> None:
         if not self._closed:
             for sink in self._sinks:

@@ -137,6 +137,11 @@ class Sink:
     def lost(self) -> int:
         return self.dropped + self._overflow
 
+    @property
+    def gone(self) -> bool:
+        """Nothing written here can ever be read again (a pipe whose reader exited)."""
+        return False
+
     def loss_message(self, lost: int) -> str:
         why = f"last error: {self.last_error}" if self.last_error else "its queue was full"
         return f"outwatch: output {self.spec.url}: {lost} events lost ({why})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import stat
 import time
 
 from outwatch.errors import ExitCode, OutwatchError
@@ -59,6 +60,8 @@ class LocalSink(Sink):
         self._dead = False
         if spec.kind == "file":
             self._open_file(initial=True)
+        elif stat.S_ISFIFO(os.fstat(1).st_mode):
+            self._poll.register(1, 0)  # no events asked: poll still says POLLERR once the reader has gone
         self.connected = True
 
     def _open_file(self, initial: bool = False) -> None:
@@ -107,7 +110,10 @@ class LocalSink(Sink):
             if not lines:
                 if self._closing:
                     return
-                self._wait_for_lines(1.0)
+                if any(fd == 1 and ev & select.POLLERR for fd, ev in self._wait_for_lines(1.0)):
+                    self._poll.unregister(1)
+                    self._dead, self.connected = True, False
+                    self.last_error = "the reader of the pipe has gone"
                 if self._reopen and self.spec.kind == "file":
                     self._check_rotation()
                 continue
@@ -117,6 +123,10 @@ class LocalSink(Sink):
             if self.spec.kind == "file":
                 self._check_rotation()
             self._write(lines)
+
+    @property
+    def gone(self) -> bool:
+        return self._dead
 
     def _write(self, lines: list[bytes]) -> None:
         try:
