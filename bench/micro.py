@@ -23,6 +23,7 @@ from outwatch.kernel.records import CONNECT, EV_CONNECT, Header, decode
 from outwatch.pretty import format_event
 from outwatch.proc.identity import Clock
 from outwatch.proc.table import Proc, ProcessTable
+from outwatch.rules import load_rules
 
 REPEAT = 3
 TARGET_S = 0.2  # each timing runs about this long
@@ -96,22 +97,16 @@ def run() -> list[MicroResult]:
     results.append(MicroResult("EventBuilder.connect_event (process part cached)",
                                _time(lambda: builder.connect_event(rec, me)), f"{ancestors} ancestors"))
 
-    try:
-        from outwatch.rules import load_rules
-
-        ruleset = load_rules()
-    except Exception as exc:  # the rules engine is another helper's work; a broken pack is a note here
-        results.append(MicroResult("rules: score()", float("nan"), f"skipped: {exc}"))
-    else:
-        n_rules = len(ruleset.rules)
-        bad = _suspicious(event)
-        ruleset.score(event)
-        ruleset.score(bad)
-        results.append(MicroResult("rules: score() benign event", _time(lambda: ruleset.score(event)),
-                                   f"{n_rules} rules, score {event['outwatch'].get('score')}"))
-        results.append(MicroResult("rules: score() suspicious event", _time(lambda: ruleset.score(bad)),
-                                   f"{n_rules} rules, score {bad['outwatch'].get('score')}, "
-                                   f"{len(bad['outwatch'].get('reasons', []))} reasons"))
+    ruleset = load_rules()
+    n_rules = len(ruleset.rules)
+    bad = _suspicious(event)
+    ruleset.score(event)
+    ruleset.score(bad)
+    results.append(MicroResult("rules: score() benign event", _time(lambda: ruleset.score(event)),
+                               f"{n_rules} rules, score {event['outwatch'].get('score')}"))
+    results.append(MicroResult("rules: score() suspicious event", _time(lambda: ruleset.score(bad)),
+                               f"{n_rules} rules, score {bad['outwatch'].get('score')}, "
+                               f"{len(bad['outwatch'].get('reasons', []))} reasons"))
 
     results.append(MicroResult("  of which rfc3339_ns (@timestamp)", _time(lambda: rfc3339_ns(h.ts_ns))))
     results.append(MicroResult("  of which community_id", _time(

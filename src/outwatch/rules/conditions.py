@@ -143,15 +143,23 @@ class Compiler:
 
         Plain string/int/bool fields the rules use are read once at the top into local variables
         (each parent table looked up once); the others (lists, IP addresses, computed fields) stay
-        lazy, through `ctx`, so they cost nothing unless a rule gets that far."""
+        lazy, in local variables filled on first use, so they cost nothing unless a rule gets that
+        far."""
         body = [f"    if {expr}:\n        fired.append({self.const(rule)})" for expr, rule in rules]
         code = "\n".join(body)
         head = ["def _match(ctx):", "    fired = []", "    _t0 = ctx.event"]
         tables = {(): "_t0"}
         self.ns["_EMPTY"] = {}
+        self.ns["_UNSET"] = _UNSET
         for fld in FIELDS.values():
             access = f"ctx[{fld.name!r}]"
-            if fld.inline is None or access not in code:
+            if access not in code:
+                continue
+            if fld.inline is None:
+                local = f"_l{len(head)}"
+                head.append(f"    {local} = _UNSET")
+                code = code.replace(access, f"({local} if {local} is not _UNSET else ({local} := "
+                                            f"{self.const(fld.get)}(_t0)))")
                 continue
             *parents, key = fld.name.split(".")
             for depth in range(1, len(parents) + 1):
@@ -541,6 +549,10 @@ class Compiler:
             lo, hi = spans[0]
             return f"({self.const(lo)} <= {{x}} <= {self.const(hi)})"
         return f"{self.const(_in_spans(spans))}({{x}})"
+
+
+_UNSET = object()
+"""A lazy field's local variable before its first use in the generated matcher."""
 
 
 def _all(conditions: list[Condition]) -> Condition:
