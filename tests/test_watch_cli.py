@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,3 +118,21 @@ def test_stops_when_the_reader_of_its_pipe_has_gone(tmp_path: Path) -> None:
     assert rc == 0, text
     assert "the reader of standard output has gone" in text and "Traceback" not in text
     assert not held & set(loaded_outwatch_programs())
+
+
+def test_missing_bcc_is_one_clear_line_and_a_distinct_exit_code(tmp_path: Path) -> None:
+    """A Python without Debian's python3-bpfcc: a venv made without --system-site-packages that sees
+    outwatch and its PyPI dependencies only (no mock: `import bcc` really fails there)."""
+    require_root()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.base_prefix + "/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    ours = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "outwatch-test.pth").write_text("\n".join([*ours, str(ROOT / "src")]) + "\n")
+    python = str(venv / "bin" / "python3")
+    probe = subprocess.run([python, "-c", "import bcc"], capture_output=True, text=True)
+    assert probe.returncode != 0, "this venv should not see BCC"
+    r = subprocess.run([python, "-m", "outwatch.cli", "watch"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert "BCC's Python bindings are missing" in r.stderr and "python3-bpfcc" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -37,6 +37,10 @@ POLL_MS = 50
 SWITCH_INTERVAL_S = 0.0005  # the output threads get the GIL often enough to keep up with the reader
 FINAL_DRAIN_S = 5.0  # at exit, how long to keep reading a ring buffer that is still being filled
 SWEEP_NS = 250_000_000  # kernel-held UDP repeats and TCP connects without an outcome
+GATHER_S = 0.001
+"""After a poll that found records, wait this long before the next: under load records arrive in
+batches of tens instead of one wake-up (and one loop turn) per record or two; a quiet tracer still
+sleeps in poll, and a record waits at most this much longer."""
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 
@@ -143,7 +147,8 @@ class Tracer:
         next_sweep = Clock.now_boot_ns() + SWEEP_NS
         try:
             while not self._stop and not (until and until()):
-                self.probes.poll(POLL_MS)
+                if 0 < self.probes.poll(POLL_MS) < POLL_BATCH:
+                    time.sleep(GATHER_S)
                 self.drain()
                 if tick is not None:
                     tick()
