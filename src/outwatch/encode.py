@@ -53,9 +53,9 @@ def _shrunk(event: dict, arg_cap: int, max_args: int) -> dict:
 
 def encode(event: dict) -> bytes:
     """The NDJSON line (with its newline), at most LINE_CAP bytes."""
-    line = orjson.dumps(event)
-    if len(line) < LINE_CAP:
-        return line + b"\n"
+    line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+    if len(line) <= LINE_CAP:
+        return line
     for arg_cap, max_args in ((_ARG_CAP, 64), (128, 16), (32, 8)):
         line = orjson.dumps(_shrunk(event, arg_cap, max_args))
         if len(line) < LINE_CAP:
