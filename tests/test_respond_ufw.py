@@ -83,6 +83,7 @@ def test_block_stops_traffic_and_unblock_restores_it(net: Net) -> None:
     assert row["reason"] == "c2 beacon" and row["requested_by"] == "0" and row["since"].endswith("Z")
     human = box.cli("blocks")
     assert f"{HOST}/32" in human.stdout and "c2 beacon" in human.stdout and "unblock" in human.stdout
+    assert " root " in human.stdout  # who asked, by name
 
     undone = box.cli("unblock", HOST)
     assert undone.returncode == 0, undone.stderr
@@ -137,6 +138,9 @@ def test_inactive_ufw_and_bad_input(net: Net) -> None:
     assert inactive.returncode == ExitCode.FAILURE
     assert "ufw is inactive, so a ufw rule would block nothing" in inactive.stderr
     assert box.audit()[-1]["outwatch"]["respond"]["stage"] == "failed"
+    listed = box.cli("blocks")
+    assert listed.returncode == 0 and "nothing is blocked" in listed.stdout
+    assert "not enforced" not in listed.stderr  # no ufw block to warn about
 
     ttl = box.cli("block", HOST, "--via", "ufw", "--ttl", "1h")
     assert ttl.returncode == 2 and "--ttl works only for kernel blocks" in ttl.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -239,6 +240,16 @@ def _where_blocked(rule: DenyRule) -> list[str]:
     return vias
 
 
+def _who(uid: object) -> str:
+    """The user name of the uid that asked for a block (the uid itself when it has no name)."""
+    if uid is None:
+        return "?"
+    try:
+        return pwd.getpwuid(int(uid)).pw_name  # type: ignore[call-overload]
+    except (KeyError, ValueError, TypeError):
+        return str(uid)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per block (NDJSON).")
 @reports_errors
@@ -256,10 +267,11 @@ def blocks(as_json: bool) -> None:
     except OutwatchError as exc:
         _note(f"{exc.message}: no ufw blocks")
     else:
+        ufw_rows = ufw.blocks()
         enforced = ufw.active()
-        if not enforced:
+        if ufw_rows and not enforced:
             _note("ufw is inactive: the ufw blocks below are not enforced")
-        rows += [{**b, "enforced": enforced} for b in ufw.blocks()]
+        rows += [{**b, "enforced": enforced} for b in ufw_rows]
     if as_json:
         for row in rows:
             sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
@@ -276,7 +288,7 @@ def blocks(as_json: bool) -> None:
             r["via"] + ("" if r.get("enforced", True) else " (inactive)"),
             _short(r.get("since")),
             _short(r.get("until")) if r.get("until") else ("watch exits" if r["via"] == "bpf" else "unblock"),
-            str(r.get("requested_by", "?")),
+            _who(r.get("requested_by")),
             safe(r.get("reason", ""), 40),
         )
         for r in rows
