@@ -55,25 +55,21 @@ KPROBE_PROGRAMS = (
 )
 
 
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc = ctypes.CDLL("libc.so.6")
 _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now; their contents stay as they were
 _COMPILER_LIBS = ("libLLVM", "libclang")
 
 
-def release_compiler_pages(maps: Path = Path("/proc/self/maps")) -> int:
+def release_compiler_pages() -> None:
     """Hand back the resident pages of BCC's compiler libraries (LLVM, clang: some 85 MB) once the
     programs are loaded; nothing uses them again unless another program is compiled, which would
-    simply read them back in. Returns the bytes advised; an old kernel that refuses is no error."""
-    advised = 0
-    for line in maps.read_text().splitlines():
+    simply read them back in. A kernel that refuses the advice (before 5.4) changes nothing."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
         parts = line.split(maxsplit=5)
-        if len(parts) < 6 or not parts[5].rpartition("/")[2].startswith(_COMPILER_LIBS):
-            continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        if _libc.madvise(start, end - start, _MADV_PAGEOUT) == 0:
-            advised += end - start
-    return advised
+        if len(parts) == 6 and parts[5].rpartition("/")[2].startswith(_COMPILER_LIBS):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            _libc.madvise(start, end - start, _MADV_PAGEOUT)
 
 
 def bpf_dir() -> Path:
