@@ -12,8 +12,8 @@ BPF_PERCPU_ARRAY(lost, u64, OW_EV_TYPES);
 /* Settings from userspace (index 0): outwatch's own pid, loopback filter. */
 BPF_ARRAY(config, struct ow_settings, 1);
 
-/* pid (or tid) -> parent tgid and fork time (sched_process_fork) and last exec time
- * (sched_process_exec). Kept after exit (LRU evicts) so that the parent of a double-forked daemon is
+/* pid (or tid) -> parent tgid and fork time (sched_process_fork), last exec time
+ * (sched_process_exec) and whether an execve is under way (its syscall entry to exit). Kept after exit (LRU evicts) so that the parent of a double-forked daemon is
  * still known when the middle process is gone. Thread creations land here too; their keys are tids
  * that never act as a tgid. */
 BPF_TABLE("lru_hash", u32, struct ow_fork, forks, 131072);

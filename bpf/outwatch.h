@@ -105,7 +105,7 @@ struct ow_tcperror {
 /* What the kernel knows of a process: the key is its pid (tid for threads). */
 struct ow_fork {
     __u32 ppid;         /* parent tgid, 0 when the fork was not seen */
-    __u32 pad;
+    __u32 exec_busy;    /* 1 from execve's entry to its return: /proc may already show the next image */
     __u64 start_ns;     /* fork time, 0 when the fork was not seen */
     __u64 exec_ns;      /* time of its last exec, 0 when none was seen */
 };

@@ -57,14 +57,38 @@ done:
     return 0;
 }
 
+/* An exec switches /proc/PID/exe before sched_process_exec runs: while exec_busy is set, userspace
+ * cannot tell which image /proc describes, so it does not read it. */
+static __always_inline void ow_exec_busy(u32 busy)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct ow_fork *f = forks.lookup(&pid);
+    if (f)
+        f->exec_busy = busy;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
+    ow_exec_busy(1);
     return ow_capture_argv(args->argv);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 {
+    ow_exec_busy(1);
     return ow_capture_argv(args->argv);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+    ow_exec_busy(0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+{
+    ow_exec_busy(0);
+    return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)

@@ -4,7 +4,10 @@ decoder's layouts match the C structs BCC compiled."""
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import subprocess
+import time
 
 from conftest import require_root
 
@@ -92,3 +95,45 @@ def test_compiler_pages_are_handed_back_after_loading() -> None:
         rss, size = _resident_kib(("libLLVM", "libclang"))
     assert size > 50_000, "BCC's compiler libraries should be mapped in this process"
     assert rss < 20_000, f"{rss} KiB of compiler pages still resident after start()"
+
+
+_PTRACE_TRACEME, _PTRACE_CONT, _PTRACE_DETACH, _PTRACE_SETOPTIONS = 0, 7, 17, 0x4200
+_PTRACE_O_TRACEEXEC, _PTRACE_EVENT_EXEC = 0x10, 4
+
+
+def test_an_exec_under_way_is_flagged_in_the_fork_map() -> None:
+    """/proc/PID/exe changes before the exec's record is made, so userspace must know when an exec is
+    under way. A child stopped by ptrace inside execve (at PTRACE_EVENT_EXEC, before the syscall
+    returns) shows exec_busy; once it runs the new image, the flag is clear."""
+    require_root()
+    libc = ctypes.CDLL(None, use_errno=True)
+    with KernelProbes(include_loopback=True, ringbuf_pages=64) as probes:
+        probes.start(lambda record: None)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                libc.ptrace(_PTRACE_TRACEME, 0, None, None)
+                os.kill(os.getpid(), signal.SIGSTOP)
+                os.execv("/usr/bin/sleep", ["sleep", "30"])
+            finally:
+                os._exit(127)
+        try:
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP
+            assert libc.ptrace(_PTRACE_SETOPTIONS, pid, None, ctypes.c_void_p(_PTRACE_O_TRACEEXEC)) == 0
+            before = probes.fork_entry(pid)
+            assert libc.ptrace(_PTRACE_CONT, pid, None, None) == 0
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFSTOPPED(status) and status >> 16 == _PTRACE_EVENT_EXEC, hex(status)
+            during = probes.fork_entry(pid)
+            assert libc.ptrace(_PTRACE_DETACH, pid, None, None) == 0
+            deadline = time.monotonic() + 5
+            while (after := probes.fork_entry(pid)) is not None and after[3] and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert before is not None and not before[3]
+    assert during is not None and during[3], "exec_busy should be set while execve has not returned"
+    assert during[2] > before[2], "the exec's time is recorded at sched_process_exec"
+    assert after is not None and not after[3], "exec_busy should clear when execve returns"

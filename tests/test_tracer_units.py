@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from outwatch.errors import ExitCode, OutwatchError
 from outwatch.flows import ERROR_WAIT_NS, FailedConnects
 from outwatch.kernel.headers import find_headers
-from outwatch.kernel.records import ConnectRecord, Header, TcpErrorRecord
-from outwatch.proc.table import Proc
+from outwatch.kernel.records import ConnectRecord, ExecRecord, Header, TcpErrorRecord
+from outwatch.proc.table import KernelView, Proc, ProcessTable
 from outwatch.tracer import Filters
 
 
@@ -70,3 +71,19 @@ def test_no_headers_at_all_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.
         find_headers("9.9.9-custom", src_root=tmp_path, farm_root=tmp_path / "farm")
     assert err.value.code == ExitCode.NO_HEADERS
     assert "linux-headers-amd64" in err.value.hint
+
+
+@pytest.mark.parametrize(("exec_busy", "expected"), [(True, "/usr/bin/bash"), (False, "/usr/bin/sleep")])
+def test_proc_is_not_read_while_an_exec_is_under_way(exec_busy: bool, expected: str) -> None:
+    """bash connects, then execs sleep: /proc/PID/exe already names sleep before sched_process_exec
+    updates the fork map. A real `sleep` stands for that process; its exec record says bash. While
+    the kernel view says an exec is under way, /proc is not taken as the bash image's executable."""
+    with subprocess.Popen(["/usr/bin/sleep", "30"]) as child:
+        try:
+            table = ProcessTable(kernel_view=lambda pid: KernelView(0, 0, 1000, exec_busy))
+            h = Header(1000, child.pid, child.pid, 0, 0, 0, 0, 0, 0, b"bash")
+            table.on_exec(ExecRecord(h, child.pid, b"/usr/bin/bash", [b"bash"], False, False))
+            proc = table.get(Header(2000, child.pid, child.pid, 0, 0, 1000, 0, 0, 0, b"bash"))
+        finally:
+            child.kill()
+    assert proc.exe == expected

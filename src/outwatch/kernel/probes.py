@@ -252,12 +252,12 @@ class KernelProbes:
                 sink(record)
         return len(batch)
 
-    def fork_entry(self, pid: int) -> tuple[int, int, int] | None:
-        """(parent pid, fork time, last exec time) from the kernel's fork map."""
+    def fork_entry(self, pid: int) -> tuple[int, int, int, bool] | None:
+        """(parent pid, fork time, last exec time, exec in progress) from the kernel's fork map."""
         if self._bpf is None:
             return None
         leaf = self._bpf["forks"].get(ctypes.c_uint32(pid))
-        return (leaf.ppid, leaf.start_ns, leaf.exec_ns) if leaf is not None else None
+        return (leaf.ppid, leaf.start_ns, leaf.exec_ns, bool(leaf.exec_busy)) if leaf is not None else None
 
     def lost(self) -> dict[str, int]:
         """Ring buffer reservations that failed since start, by record type (summed over CPUs)."""

@@ -31,6 +31,7 @@ class KernelView:
     ppid: int  # 0 when the fork was not seen
     start_ns: int
     exec_ns: int  # the running image's exec time, 0 when none was seen
+    exec_busy: bool = False  # an execve is under way: /proc may already describe the next image
 
 
 def text(raw: bytes) -> str:
@@ -119,11 +120,14 @@ class ProcessTable:
         return proc
 
     def _runs(self, proc: Proc) -> bool:
-        """Whether the process still runs this image (the kernel's last exec time is the image's)."""
+        """Whether the process still runs this image (the kernel's last exec time is the image's, and no
+        exec is under way: /proc/PID/exe changes before the exec's record is made)."""
         if self._kernel_view is None or not proc.exec_ns:
             return True
         view = self._kernel_view(proc.pid)
-        return view is None or view.exec_ns == proc.exec_ns  # None: evicted from the LRU map, can't tell
+        if view is None:
+            return True  # evicted from the LRU map: can't tell
+        return view.exec_ns == proc.exec_ns and not view.exec_busy
 
     def _probe(self, proc: Proc) -> None:
         """Read what only /proc knows, once, if the pid is still this process running this image
