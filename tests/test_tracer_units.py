@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,28 @@ def test_proc_is_not_read_while_an_exec_is_under_way(exec_busy: bool, expected: 
         finally:
             child.kill()
     assert proc.exe == expected
+
+
+@pytest.mark.parametrize(("exec_since", "expected"), [(5000, "/usr/bin/bash"), (0, "/usr/bin/sleep")])
+def test_proc_is_not_read_for_a_fork_that_has_exec_d_since(exec_since: int, expected: str) -> None:
+    """A subshell of a shell started before the tracer (no exec seen: image time 0) connects, then
+    execs sleep. Its connect is handled after the exec: /proc names sleep, the kernel view's exec time
+    is no longer 0, so /proc is not taken for the subshell; it keeps its parent's executable."""
+    with subprocess.Popen(["/usr/bin/sleep", "30"]) as child:
+        try:
+            table = ProcessTable(kernel_view=lambda pid: KernelView(os.getpid(), 0, exec_since, False)
+                                 if pid == child.pid else None)
+            parent = table.lookup(os.getpid())
+            assert parent is not None
+            parent.exe = "/usr/bin/bash"
+            proc = table.get(Header(2000, child.pid, child.pid, os.getpid(), 0, 0, 0, 0, 0, b"bash"))
+        finally:
+            child.kill()
+    assert proc.exe == expected
+
+
+def test_a_pid_cycle_in_the_fork_map_does_not_recurse() -> None:
+    """Reused pids can leave the fork map saying A's parent is B and B's parent is A."""
+    table = ProcessTable(kernel_view=lambda pid: KernelView(4_000_001 if pid == 4_000_000 else 4_000_000, 0, 0, False))
+    assert table.lookup(4_000_000) is not None
+    assert table.ancestors(table.procs[4_000_000])[0].pid == 4_000_001

@@ -60,7 +60,7 @@ class Proc:
     ppid: int
     start_ns: int  # CLOCK_BOOTTIME ns of the fork, 0 when unknown
     comm: str
-    exec_ns: int = 0  # the exec that made this image (its record's time), 0 for an image seen before
+    exec_ns: int = 0  # the exec that made this image (its record's time), 0 when that exec was not seen
     ppid_from: str = "proc"  # kernel (its fork was seen) | proc
     exe: str | None = None
     argv: list[str] = field(default_factory=list)
@@ -120,13 +120,12 @@ class ProcessTable:
         return proc
 
     def _runs(self, proc: Proc) -> bool:
-        """Whether the process still runs this image (the kernel's last exec time is the image's, and no
-        exec is under way: /proc/PID/exe changes before the exec's record is made)."""
-        if self._kernel_view is None or not proc.exec_ns:
-            return True
-        view = self._kernel_view(proc.pid)
+        """Whether the process still runs this image: the kernel's last exec time is the image's (0 for
+        both when no exec was seen), and no exec is under way (/proc/PID/exe changes before the exec's
+        record is made)."""
+        view = self._kernel_view(proc.pid) if self._kernel_view is not None else None
         if view is None:
-            return True  # evicted from the LRU map: can't tell
+            return True  # started before the tracer, or evicted from the LRU map: can't tell
         return view.exec_ns == proc.exec_ns and not view.exec_busy
 
     def _probe(self, proc: Proc) -> None:
@@ -157,8 +156,8 @@ class ProcessTable:
         if proc is not None and not same_start(proc.start_ns, h.start_ns):
             proc = None  # the pid was reused since we last saw it
         if proc is None:
-            proc = self._from_kernel(h.pid, h.ppid, h.start_ns, text(h.comm))
-            proc.exec_ns = max(h.exec_ns, 0)
+            exec_ns = h.exec_ns if h.exec_ns >= 0 else self._exec_now(h.pid)
+            proc = self._from_kernel(h.pid, h.ppid, h.start_ns, text(h.comm), exec_ns)
         elif h.exec_ns >= 0:
             image = proc
             while image.exec_ns > h.exec_ns and image.prev is not None:
@@ -170,15 +169,26 @@ class ProcessTable:
             self._probe(proc)
         return proc
 
-    def _from_kernel(self, pid: int, ppid: int, start_ns: int, comm: str) -> Proc:
+    def _exec_now(self, pid: int) -> int:
+        """The kernel's last exec time of a process (0 when none was seen): its current image."""
+        view = self._kernel_view(pid) if self._kernel_view is not None else None
+        return view.exec_ns if view is not None else 0
+
+    def _from_kernel(self, pid: int, ppid: int, start_ns: int, comm: str, exec_ns: int = 0) -> Proc:
+        """A process known from the kernel only: forked after the tracer started and not exec'd since
+        (exec_ns is the image it inherited from its parent at the fork)."""
         if not ppid and self._kernel_view is not None:
             view = self._kernel_view(pid)
             if view is not None:
                 ppid, start_ns = view.ppid, view.start_ns or start_ns
-        proc = Proc(pid, ppid, start_ns, comm, ppid_from="kernel" if ppid else "proc")
+        proc = Proc(pid, ppid, start_ns, comm, exec_ns=exec_ns, ppid_from="kernel" if ppid else "proc")
+        self.procs[pid] = proc  # before the parent's lookup: a pid cycle (reused pids) ends here
         parent = self.lookup(ppid) if ppid else None
-        if parent is not None:
-            # forked without an exec (yet): the parent's image
+        while parent is not None and parent.exec_ns > exec_ns and parent.prev is not None:
+            parent = parent.prev  # the parent has exec'd since the fork: the image the child got
+        if parent is not None and not (start_ns and parent.start_ns - start_ns >= 2 * NS_PER_TICK):
+            # forked without an exec (yet): the parent's image (unless that "parent" started after
+            # the child: another process on a reused pid)
             proc.exe, proc.argv, proc.cwd = parent.exe, parent.argv, parent.cwd
             proc.exe_from = proc.args_from = "inherited" if parent.exe else "missing"
             proc.uid, proc.cgroup = parent.uid, parent.cgroup
@@ -187,7 +197,6 @@ class ProcessTable:
             if stat is not None:
                 proc.ppid = proc.ppid or stat[1]
                 proc.start_ns = proc.start_ns or stat[2]
-        self.procs[pid] = proc
         return proc
 
     def lookup(self, pid: int) -> Proc | None:
@@ -198,7 +207,7 @@ class ProcessTable:
         if self._kernel_view is not None:
             view = self._kernel_view(pid)
             if view is not None and view.ppid:
-                return self._from_kernel(pid, view.ppid, view.start_ns, "")
+                return self._from_kernel(pid, view.ppid, view.start_ns, "", view.exec_ns)
         return self._from_proc(pid)
 
     def on_exec(self, rec: ExecRecord) -> Proc:
