@@ -108,6 +108,13 @@ def run() -> list[MicroResult]:
                                f"{n_rules} rules, score {bad['outwatch'].get('score')}, "
                                f"{len(bad['outwatch'].get('reasons', []))} reasons"))
 
+    image, bad_image = object(), object()
+    results.append(MicroResult("rules: score() benign, same image and destination again",
+                               _time(lambda: ruleset.score(event, image)),
+                               "what the tracer pays for a repeat connect (volatile rules only)"))
+    results.append(MicroResult("rules: score() suspicious, same image and destination again",
+                               _time(lambda: ruleset.score(bad, bad_image))))
+
     results.append(MicroResult("  of which rfc3339_ns (@timestamp)", _time(lambda: rfc3339_ns(h.ts_ns))))
     results.append(MicroResult("  of which community_id", _time(
         lambda: community_id("10.0.2.15", 49152, "203.0.113.7", 443, 6))))

@@ -9,6 +9,7 @@ from conftest_rules import (  # noqa: F401 (fixtures)
     ancestors,
     default_rules_fixture,
     fired,
+    make_event,
     resolv_conf_fixture,
     scored,
 )
@@ -274,3 +275,41 @@ def test_resolvers_come_from_the_given_resolv_conf(tmp_path) -> None:
     dns = {"network.transport": "udp", "destination.port": 53, "destination.ip": "8.8.8.8"}
     assert "OW-DNS-ODD-RESOLVER" not in fired(ruleset, dns)
     assert "OW-DNS-ODD-RESOLVER" in fired(ruleset, {**dns, "destination.ip": RESOLVER})
+
+
+def _scoring(event: dict) -> tuple:
+    return (event["outwatch"]["score"], event["outwatch"]["severity"], event["outwatch"]["reasons"],
+            event.get("rule"), event.get("threat"), event["event"]["kind"])
+
+
+ALL_CHANGES = [c for _, fire, misses in CASES for c in (fire, *misses)] + list(ORDINARY.values())
+
+
+@pytest.mark.parametrize("changes", ALL_CHANGES)
+def test_remembered_scoring_is_the_same_as_fresh_scoring(default_rules: RuleSet, changes: dict) -> None:
+    """With the tracer's per-image object the rules that read nothing volatile are worked out once per
+    image and destination: the first and the remembered results equal a scoring from scratch."""
+    image = object()
+    fresh = _scoring(scored(default_rules, changes))
+    for _ in range(2):
+        event = make_event(changes)
+        default_rules.score(event, image)
+        assert _scoring(event) == fresh
+
+
+def test_remembered_scoring_follows_what_changes_between_connects(default_rules: RuleSet) -> None:
+    """One image: the process age (volatile) is read every time; another destination or outcome is
+    worked out again; a new image object is never served the old one's result."""
+    image = object()
+
+    def score(changes: dict, img: object = image) -> set[str]:
+        event = make_event({**_exe("/tmp/x"), **changes})
+        default_rules.score(event, img)
+        return {r["rule"] for r in event["outwatch"]["reasons"]}
+
+    assert "OW-EXE-FAST-CONNECT" in score({"outwatch.process.age_ms": 300})
+    assert "OW-EXE-FAST-CONNECT" not in score({"outwatch.process.age_ms": 5000})
+    assert "OW-PORT-REVSHELL" in score({"destination.port": 4444})
+    assert "OW-PORT-REVSHELL" not in score({"destination.port": 443})
+    assert "OW-EXE-TMP" in score({})
+    assert "OW-EXE-TMP" not in score({**_exe("/usr/bin/x")}, object())

@@ -271,3 +271,18 @@ def test_resolv_conf_parsing(tmp_path: Path) -> None:
                                           "nameserver bogus\noptions rotate\n")
     assert read_resolvers(conf) == ["10.0.0.2", "fe80::1"]
     assert read_resolvers(tmp_path / "absent") == ["127.0.0.1", "::1"]
+
+
+def test_a_rule_that_shows_a_volatile_field_is_not_remembered(tmp_path: Path, resolv_conf: Path) -> None:
+    """A rule whose test reads only stable fields but whose `why` shows the source port is still
+    worked out per event: a remembered sentence would name another connect's port."""
+    rules = _rules(tmp_path, resolv_conf, _rule('"process.name" = "curl"', extra='why = "from port {source.port}"'),
+                   _rule('"source.port" = { range = [40000, 50000] }', rule_id="T-2"))
+    image = object()
+    whys = []
+    for port in (49152, 55000):
+        event = make_event({"source.port": port})
+        rules.score(event, image)
+        whys.append({r["rule"]: r["why"] for r in event["outwatch"]["reasons"]})
+    assert whys[0]["T-1"] == "from port 49152" and "T-2" in whys[0]
+    assert whys[1] == {"T-1": "from port 55000"}

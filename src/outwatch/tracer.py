@@ -52,7 +52,7 @@ class Sinks(Protocol):
 
 
 class Scorer(Protocol):
-    def score(self, event: dict) -> None: ...
+    def score(self, event: dict, image: object = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -248,7 +248,7 @@ class Tracer:
         assert self.builder is not None
         event = self.builder.connect_event(rec, proc, error)
         if self.scorer is not None:
-            self.scorer.score(event)
+            self.scorer.score(event, proc.cache)
         severity = event.get("outwatch", {}).get("severity", "info")
         if SEVERITIES.index(severity) >= self._min_rank:
             self.emit(event)

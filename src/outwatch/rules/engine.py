@@ -17,6 +17,10 @@ from outwatch.rules.conditions import Explain
 from outwatch.rules.fields import FIELDS, MISSING, Ctx
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+VOLATILE_FIELDS = frozenset({"source.ip", "source.port", "network.packets", "outwatch.process.age_ms"})
+"""Fields that change from one connect of a process image to the next, even to the same destination.
+Rules that read one are evaluated on every event; the others are remembered (see RuleSet.score)."""
+REMEMBERED = 8192  # (image, destination...) results kept; all are forgotten when there are more
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 _WHY_LEN = 200
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.@]+)\}")
@@ -123,6 +127,7 @@ class RuleSet:
         self,
         rules: list[Rule],
         match: Callable[[Ctx], list[Rule]],
+        split: tuple[Callable[[Ctx], list[Rule]], Callable[[Ctx], list[Rule]]],
         thresholds: Thresholds,
         disabled: dict[str, Path],
         sources: list[Path],
@@ -130,41 +135,79 @@ class RuleSet:
         self.rules = rules
         self._match = match
         """The generated function returning the rules that hold for an event (see conditions.py)."""
+        self._stable, self._volatile = split
+        """The same for the rules that read no VOLATILE_FIELDS, and for those that do."""
+        self._order = {id(rule): i for i, rule in enumerate(rules)}
+        self._remembered: dict[tuple, _Known] = {}
         self.thresholds = thresholds
         self.disabled = disabled
         """Rule ids switched off, and the file that did it."""
         self.sources = sources
         """Every file loaded, in order."""
 
-    def score(self, event: dict) -> None:
+    def score(self, event: dict, image: object = None) -> None:
         """Score one ECS event in place (see the module docstring); metric events and events without a
-        destination are left alone. Stale results of an earlier scoring (rule, threat) are replaced."""
+        destination are left alone. Stale results of an earlier scoring (rule, threat) are replaced.
+
+        `image` (the tracer's per-image process object, which the event's process fields were copied
+        from) lets the rules that read no VOLATILE_FIELDS be remembered per image, destination,
+        transport, outcome, name and hash: a process connecting again to the same place costs one
+        dictionary lookup plus the volatile rules."""
         meta = event.get("event")
         if isinstance(meta, dict) and meta.get("kind") == "metric":
             return
         if not isinstance(event.get("destination"), dict):
             return
         ctx = Ctx(event)
-        fired = self._match(ctx)
+        if image is None:
+            self._write(event, ctx, [(rule, "") for rule in self._match(ctx)])
+            return
+        known = self._known(event, image, ctx)
+        volatile = self._volatile(ctx)
+        if volatile:
+            self._write(event, ctx, [*known.fired, *((rule, "") for rule in volatile)])
+        elif known.result is None:
+            self._write(event, ctx, list(known.fired))
+            ow = event["outwatch"]
+            known.result = (ow["score"], ow["severity"], ow["reasons"], event.get("rule"), event.get("threat"),
+                            event["event"]["kind"])
+        else:
+            total, severity, reasons, rule, threat, kind = known.result
+            ow = event.get("outwatch")
+            if not isinstance(ow, dict):
+                ow = event["outwatch"] = {}
+            ow["score"], ow["severity"], ow["reasons"] = total, severity, list(reasons)
+            event.pop("rule", None)
+            event.pop("threat", None)
+            if rule is not None:
+                event["rule"] = rule
+            if threat is not None:
+                event["threat"] = threat
+            event["event"]["kind"] = kind
+
+    def _write(self, event: dict, ctx: Ctx, fired: list[tuple[Rule, str]]) -> None:
+        """Score, severity, reasons, rule.* and threat.* of the rules that held (with their sentence,
+        or "" to make it now)."""
         total = 0
-        for rule in fired:
+        for rule, _ in fired:
             total += rule.score
         thresholds = self.thresholds
         severity = thresholds.severity(total)
         if total > 0:
-            for rule in fired:
+            for rule, _ in fired:
                 if rule.severity is not None and rule.score > 0 and _RANK[rule.severity] > _RANK[severity]:
                     severity = rule.severity
-        fired.sort(key=lambda r: -r.score)
+        order = self._order
+        fired.sort(key=lambda f: (-f[0].score, order[id(f[0])]))
         ow = event.get("outwatch")
         if not isinstance(ow, dict):
             ow = event["outwatch"] = {}
         ow["score"] = total
         ow["severity"] = severity
-        ow["reasons"] = [{"rule": r.id, "score": r.score, "why": r.reason(ctx)} for r in fired]
+        ow["reasons"] = [{"rule": r.id, "score": r.score, "why": why or r.reason(ctx)} for r, why in fired]
         event.pop("rule", None)
         event.pop("threat", None)
-        positive = [r for r in fired if r.score > 0]
+        positive = [r for r, _ in fired if r.score > 0]
         if positive:
             top = positive[0]
             rule_field = {"id": top.id, "name": top.name}
@@ -176,9 +219,37 @@ class RuleSet:
             threat = _threat(positive)
             if threat:
                 event["threat"] = threat
+        meta = event.get("event")
         if not isinstance(meta, dict):
             meta = event["event"] = {}
         meta["kind"] = "alert" if _RANK[severity] >= _RANK[thresholds.alert] else "event"
+
+    def _known(self, event: dict, image: object, ctx: Ctx) -> _Known:
+        """The rules without volatile fields that hold for this image and destination, worked out on
+        the first connect (the event's process and outwatch.process fields are the image's)."""
+        process, destination = event.get("process") or {}, event["destination"]
+        hashes = process.get("hash")
+        meta = event.get("event") or {}
+        key = (id(image), process.get("name"), hashes.get("sha256") if isinstance(hashes, dict) else None,
+               destination.get("ip"), destination.get("port"), (event.get("network") or {}).get("transport"),
+               meta.get("action"), meta.get("outcome"), (event.get("outwatch") or {}).get("probe"))
+        known = self._remembered.get(key)
+        if known is not None and known.image is image:
+            return known
+        known = _Known(image, [(rule, rule.reason(ctx)) for rule in self._stable(ctx)])
+        if len(self._remembered) >= REMEMBERED:
+            self._remembered.clear()
+        self._remembered[key] = known
+        return known
+
+
+@dataclass(slots=True)
+class _Known:
+    """What RuleSet.score remembers for one (image, destination...) key."""
+
+    image: object  # the key holds its id(): this tells a reused id from the same object
+    fired: list[tuple[Rule, str]]  # stable rules that held, with their sentence
+    result: tuple | None = None  # the whole scoring when no volatile rule holds (the usual case)
 
 
 def _threat(rules: list[Rule]) -> dict:

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from outwatch.errors import ExitCode, OutwatchError
 from outwatch.rules.conditions import Compiler, KeyPath, NamedList, Problems, did_you_mean, type_name
-from outwatch.rules.engine import MATCHED, SEVERITIES, Rule, RuleSet, Thresholds, why_template
+from outwatch.rules.engine import MATCHED, SEVERITIES, VOLATILE_FIELDS, Rule, RuleSet, Thresholds, why_template
 from outwatch.rules.fields import FIELDS, parse_ip
 
 SYSTEM_DIR = Path("/etc/outwatch/rules.d")
@@ -225,6 +225,13 @@ class _Origin:
 class _RawRule:
     keys: dict[str, tuple[object, _Origin]] = field(default_factory=dict)
     origin: _Origin | None = None
+
+
+def _reads_volatile(expr: str, rule: Rule) -> bool:
+    """Whether a rule reads, in its test or its `why`, a field that changes between two connects of
+    one process image (it is then evaluated on every event, never remembered)."""
+    return any(f"ctx[{name!r}]" in expr for name in VOLATILE_FIELDS) or any(
+        key in VOLATILE_FIELDS for _, key in rule.why)
 
 
 def _format_path(path: KeyPath) -> str:
@@ -488,8 +495,12 @@ class _Loader:
         thresholds = self._final_thresholds()
         if self.errors:
             raise RulesError(sorted(self.errors, key=self._error_position))
-        match = compiler.matcher(list(zip(exprs, rules, strict=True)))
-        return RuleSet(rules, match, thresholds, dict(self.disabled), self.sources)
+        pairs = list(zip(exprs, rules, strict=True))
+        volatile = [_reads_volatile(expr, rule) for expr, rule in pairs]
+        match = compiler.matcher(pairs)
+        split = (compiler.matcher([p for p, v in zip(pairs, volatile, strict=True) if not v]),
+                 compiler.matcher([p for p, v in zip(pairs, volatile, strict=True) if v]))
+        return RuleSet(rules, match, split, thresholds, dict(self.disabled), self.sources)
 
     def _error_position(self, error: str) -> tuple[int, int]:
         """(load order of the file, line) of a 'path:line: message' or 'path: message' error."""
