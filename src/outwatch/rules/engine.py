@@ -20,7 +20,8 @@ SEVERITIES = ("info", "low", "medium", "high", "critical")
 VOLATILE_FIELDS = frozenset({"source.ip", "source.port", "network.packets", "outwatch.process.age_ms"})
 """Fields that change from one connect of a process image to the next, even to the same destination.
 Rules that read one are evaluated on every event; the others are remembered (see RuleSet.score)."""
-REMEMBERED = 8192  # (image, destination...) results kept; all are forgotten when there are more
+REMEMBERED = 4096  # (image, destination...) results kept, all forgotten when full: each holds its image's
+# process objects alive (a few KB), so this bounds that memory to some 10-20 MB
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 _WHY_LEN = 200
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.@]+)\}")
