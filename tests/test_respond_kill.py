@@ -296,8 +296,9 @@ def test_cli_kill_output_exit_codes_and_audit(spawn, tmp_path: Path) -> None:
         mine = box.cli("kill", str(os.getpid()), "--dry-run")  # the CLI's ancestor (nsenter's parent)
         assert mine.returncode == ExitCode.REFUSED and "ancestor" in mine.stderr
 
-        bad = box.cli("kill", "12x")
-        assert bad.returncode == 2 and "is not a valid integer" in bad.stderr
+        for pid in ("12x", "0", "-1"):
+            bad = box.cli("kill", "--", pid)
+            assert bad.returncode == 2 and "is not a process id" in bad.stderr, pid
         bad = box.cli("kill", "1", "--grace", "soon")
         assert bad.returncode == 2 and "is not a duration" in bad.stderr
 

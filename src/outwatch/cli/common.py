@@ -36,3 +36,24 @@ def reports_errors(fn: F) -> F:
             sys.exit(0)
 
     return wrapper  # type: ignore[return-value]
+
+
+class ProcessId(click.ParamType):
+    """A pid on the command line: a positive number, with a message that says so."""
+
+    name = "pid"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            pid = value
+        else:
+            try:
+                pid = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a process id (a number, e.g. 1234)", param, ctx)
+        if pid < 1:
+            self.fail(f"{pid} is not a process id (process ids start at 1)", param, ctx)
+        return pid
+
+
+PID = ProcessId()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from outwatch.cli.common import PID
 from outwatch.encode import encode
 from outwatch.errors import OutwatchError
 from outwatch.investigate import render
@@ -72,7 +73,7 @@ def snapshot(as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("pid", type=click.IntRange(min=1))
+@click.argument("pid", type=PID)
 @click.option(
     "--evidence",
     type=click.Path(path_type=Path, file_okay=False),

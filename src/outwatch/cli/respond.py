@@ -12,7 +12,7 @@ import click
 import orjson
 
 from outwatch import control
-from outwatch.cli.common import reports_errors
+from outwatch.cli.common import PID, reports_errors
 from outwatch.config import load_config
 from outwatch.errors import ExitCode, OutwatchError
 from outwatch.kernel.deny import DenyRule
@@ -307,7 +307,7 @@ def _short(ts: str | None) -> str:
 
 
 @click.command("kill")
-@click.argument("pid", type=int)
+@click.argument("pid", type=PID)
 @click.option("--grace", type=GRACE, default="5s", show_default=True, metavar="DURATION",
               help="How long SIGTERM has before SIGKILL.")
 @click.option("--tree", is_flag=True, help="Also kill its descendants.")
@@ -359,7 +359,7 @@ def _kill_line(r: KillResult, grace: float) -> str:
 
 @click.command("stop-unit")
 @click.argument("unit", type=UNIT, required=False)
-@click.option("--pid", type=click.IntRange(min=1), help="The unit behind this process (from its cgroup).")
+@click.option("--pid", type=PID, help="The unit behind this process (from its cgroup).")
 @click.option("--disable", is_flag=True, help="Also `systemctl disable` it, so it does not come back.")
 @click.option("--reason", default="", help="Why (kept in the audit record).")
 @click.option("--dry-run", is_flag=True, help="Print the systemctl commands, run nothing.")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from outwatch.cli.common import reports_errors
+from outwatch.cli.common import PID, reports_errors
 from outwatch.config import load_config
 from outwatch.control import ControlServer
 from outwatch.errors import ExitCode, OutwatchError
@@ -37,7 +37,7 @@ def _log(message: str) -> None:
                    "syslog+udp://H:P [default: stdout].")
 @click.option("--probes", type=click.Choice(["auto", "cgroup", "kprobe"]), help="Probe set [default: auto].")
 @click.option("--include-loopback", is_flag=True, default=None, help="Also report connections to 127/8 and ::1.")
-@click.option("--pid", "pids", multiple=True, type=click.IntRange(min=1), help="Only this process (repeatable).")
+@click.option("--pid", "pids", multiple=True, type=PID, help="Only this process (repeatable).")
 @click.option("--uid", "uids", multiple=True, type=click.IntRange(min=0), help="Only this user id (repeatable).")
 @click.option("--exe", "exes", multiple=True, metavar="GLOB", help="Only executables matching GLOB (repeatable).")
 @click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535),
