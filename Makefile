@@ -6,11 +6,16 @@ APT_PACKAGES := python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool bpftrace p
 	iproute2 ufw nftables iptables rsyslog logrotate systemd socat jq gcc libc6-dev make procps
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
+STAMP_HEADERS := $(VENV)/.headers-$(shell uname -r)
 
 .PHONY: install run test lint bench clean
 
-install: $(STAMP_PIP)
+install: $(STAMP_HEADERS)
+
+# headers BCC can compile against (a fallback tree when this kernel has no package): once per kernel
+$(STAMP_HEADERS): $(STAMP_PIP)
 	@$(PY) -m outwatch.kernel.headers --setup
+	@touch $@
 
 $(STAMP_APT):
 	@if [ "$$(id -u)" != 0 ]; then echo "make install needs root (apt packages, BPF): run it with sudo" >&2; exit 1; fi
