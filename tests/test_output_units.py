@@ -50,3 +50,17 @@ def test_pretty_escapes_control_characters() -> None:
     assert "\x1b" not in text and "\n" not in text
     assert "\\x1b[2Jclear" in text and "-> 203.0.113.7:4444/tcp" in text
     assert safe("a" * 100, 10) == "a" * 9 + "…"
+
+
+def test_pretty_says_what_happened_to_each_kind_of_connect() -> None:
+    ev = _event(["/tmp/x"])
+    assert format_event(ev).endswith("-> 203.0.113.7:4444/tcp success")
+    ev["event"].update(outcome="failure", reason="ECONNREFUSED: Connection refused")
+    assert format_event(ev).endswith("/tcp failure (ECONNREFUSED)")
+    ev["event"].update(action="connection_denied", reason="blocked by outwatch (in-kernel deny map)")
+    assert format_event(ev).endswith("/tcp DENIED")
+    ev = _event(["/tmp/x"])
+    ev["event"].update(action="datagram_sent", outcome="unknown")
+    ev["network"]["transport"] = "udp"
+    ev["outwatch"]["repeat"] = 40
+    assert format_event(ev).endswith("/udp x40 sent")

@@ -46,6 +46,8 @@ def format_event(ev: dict) -> str:
     outcome = event.get("outcome", "")
     if event.get("action") == "connection_denied":
         outcome = "DENIED"
+    elif event.get("action") == "datagram_sent":
+        outcome = "sent"  # a datagram has no outcome to show (ECS says unknown)
     elif event.get("reason"):
         outcome += f" ({event['reason'].split(':')[0]})"
     repeat = f" x{ow['repeat']}" if ow.get("repeat", 1) > 1 else ""
