@@ -84,7 +84,8 @@ class Bench:
     @staticmethod
     def _row(rnd: int, config: str, gen: GenResult, **extra: object) -> dict:
         return {"round": rnd, "config": config, "workload": gen.mode, "attempts": gen.attempts,
-                "successes": gen.successes, "rate": gen.rate, **extra}
+                "successes": gen.successes, "rate": gen.rate,
+                "gen_cores": gen.cpu_s / (gen.elapsed_ns / 1e9) if gen.elapsed_ns else None, **extra}
 
     # -- configurations -------------------------------------------------------------------------
     def none(self, rnd: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -67,6 +68,7 @@ class GenResult:
     rate: float
     start_wall_ns: int
     log: Path | None = None
+    cpu_s: float = 0.0  # the generator's user + system CPU time (both ends of its loopback connects)
 
 
 @dataclass(slots=True)
@@ -90,10 +92,14 @@ def gen_command(binary: Path, mode: str, seconds: float, rate: float = 0.0, log:
 
 def run_gen(binary: Path, mode: str, seconds: float, rate: float = 0.0, log: Path | None = None,
             max_attempts: int = 0) -> GenResult:
-    """Run connect_gen to completion and return its summary."""
+    """Run connect_gen to completion and return its summary, with the CPU time it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(gen_command(binary, mode, seconds, rate, log, max_attempts),
                           capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return parse_gen(done.stdout, log)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    gen = parse_gen(done.stdout, log)
+    gen.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return gen
 
 
 def parse_gen(stdout: str, log: Path | None = None) -> GenResult:

@@ -39,6 +39,7 @@ def test_connect_gen_reports_exact_counts(bins: dict[str, Path], tmp_path: Path,
     log = tmp_path / "attempts.bin"
     gen = tools.run_gen(bins["connect_gen"], mode, seconds=60, log=log, max_attempts=n)
     assert (gen.mode, gen.attempts, gen.successes) == (mode, n, n)
+    assert gen.cpu_s > 0  # its own CPU time, for the CPU budget at the top rate
     attempts = tools.read_attempts(log)
     assert len(attempts) == n
     assert all(a.ok for a in attempts)
