@@ -119,11 +119,15 @@ class ProcessTable:
         self.procs[pid] = proc
         return proc
 
+    def _view(self, pid: int) -> KernelView | None:
+        """The kernel's fork-map entry of a process; None when there is no kernel view or no entry."""
+        return self._kernel_view(pid) if self._kernel_view is not None else None
+
     def _runs(self, proc: Proc) -> bool:
         """Whether the process still runs this image: the kernel's last exec time is the image's (0 for
         both when no exec was seen), and no exec is under way (/proc/PID/exe changes before the exec's
         record is made)."""
-        view = self._kernel_view(proc.pid) if self._kernel_view is not None else None
+        view = self._view(proc.pid)
         if view is None:
             return True  # started before the tracer, or evicted from the LRU map: can't tell
         return view.exec_ns == proc.exec_ns and not view.exec_busy
@@ -156,7 +160,8 @@ class ProcessTable:
         if proc is not None and not same_start(proc.start_ns, h.start_ns):
             proc = None  # the pid was reused since we last saw it
         if proc is None:
-            exec_ns = h.exec_ns if h.exec_ns >= 0 else self._exec_now(h.pid)
+            view = self._view(h.pid) if h.exec_ns < 0 else None  # -1: the image running now
+            exec_ns = view.exec_ns if view is not None else max(h.exec_ns, 0)
             proc = self._from_kernel(h.pid, h.ppid, h.start_ns, text(h.comm), exec_ns)
         elif h.exec_ns >= 0:
             image = proc
@@ -169,16 +174,11 @@ class ProcessTable:
             self._probe(proc)
         return proc
 
-    def _exec_now(self, pid: int) -> int:
-        """The kernel's last exec time of a process (0 when none was seen): its current image."""
-        view = self._kernel_view(pid) if self._kernel_view is not None else None
-        return view.exec_ns if view is not None else 0
-
     def _from_kernel(self, pid: int, ppid: int, start_ns: int, comm: str, exec_ns: int = 0) -> Proc:
         """A process known from the kernel only: forked after the tracer started and not exec'd since
         (exec_ns is the image it inherited from its parent at the fork)."""
-        if not ppid and self._kernel_view is not None:
-            view = self._kernel_view(pid)
+        if not ppid:
+            view = self._view(pid)
             if view is not None:
                 ppid, start_ns = view.ppid, view.start_ns or start_ns
         proc = Proc(pid, ppid, start_ns, comm, exec_ns=exec_ns, ppid_from="kernel" if ppid else "proc")
@@ -204,10 +204,9 @@ class ProcessTable:
         proc = self.procs.get(pid)
         if proc is not None:
             return proc
-        if self._kernel_view is not None:
-            view = self._kernel_view(pid)
-            if view is not None and view.ppid:
-                return self._from_kernel(pid, view.ppid, view.start_ns, "", view.exec_ns)
+        view = self._view(pid)
+        if view is not None and view.ppid:
+            return self._from_kernel(pid, view.ppid, view.start_ns, "", view.exec_ns)
         return self._from_proc(pid)
 
     def on_exec(self, rec: ExecRecord) -> Proc:

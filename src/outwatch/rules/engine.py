@@ -235,7 +235,7 @@ class RuleSet:
                destination.get("ip"), destination.get("port"), (event.get("network") or {}).get("transport"),
                meta.get("action"), meta.get("outcome"), (event.get("outwatch") or {}).get("probe"))
         known = self._remembered.get(key)
-        if known is not None and known.image is image:
+        if known is not None:
             return known
         known = _Known(image, [(rule, rule.reason(ctx)) for rule in self._stable(ctx)])
         if len(self._remembered) >= REMEMBERED:
@@ -248,7 +248,7 @@ class RuleSet:
 class _Known:
     """What RuleSet.score remembers for one (image, destination...) key."""
 
-    image: object  # the key holds its id(): this tells a reused id from the same object
+    image: object  # held, so that the id(image) in the key cannot be reused by another object meanwhile
     fired: list[tuple[Rule, str]]  # stable rules that held, with their sentence
     result: tuple | None = None  # the whole scoring when no volatile rule holds (the usual case)
 
