@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import socket
 import struct
@@ -17,5 +18,6 @@ def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: 
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def _packed(ip: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)

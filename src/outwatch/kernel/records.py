@@ -6,6 +6,7 @@ structs compiled by BCC, so a change on one side that is not made on the other f
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ def _cstr(raw: bytes) -> bytes:
     return raw if end < 0 else raw[:end]
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_text(family: int, raw: bytes) -> str:
+    """An address as text (remembered: a host talks to the same few addresses over and over)."""
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     return socket.inet_ntop(socket.AF_INET6, raw[:16])
