@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from outwatch.errors import ExitCode, OutwatchError
+from outwatch.event import EventBuilder
 from outwatch.flows import ERROR_WAIT_NS, FailedConnects
 from outwatch.kernel.headers import find_headers
 from outwatch.kernel.records import ConnectRecord, ExecRecord, Header, TcpErrorRecord
+from outwatch.proc.identity import Clock
 from outwatch.proc.table import KernelView, Proc, ProcessTable
 from outwatch.tracer import Filters
 
@@ -113,3 +116,19 @@ def test_a_pid_cycle_in_the_fork_map_does_not_recurse() -> None:
     table = ProcessTable(kernel_view=lambda pid: KernelView(4_000_001 if pid == 4_000_000 else 4_000_000, 0, 0, False))
     assert table.lookup(4_000_000) is not None
     assert table.ancestors(table.procs[4_000_000])[0].pid == 4_000_001
+
+
+def test_a_process_that_changes_user_is_reported_with_its_new_user() -> None:
+    """A process that connects as root, drops to another uid (setuid) and connects again: the second
+    event carries the uid the kernel saw at that connect, not the first one's (the per-image ECS
+    objects are rebuilt)."""
+    table = ProcessTable()
+    builder = EventBuilder(table, Clock())
+    me = os.getpid()
+    users = []
+    for uid in (0, 65534):
+        h = Header(1000, me, me, 0, 0, 0, 0, uid, uid, b"x")
+        proc = table.get(h)
+        rec = ConnectRecord(h, socket.AF_INET, "203.0.113.7", 443, 6, 1, False, "cgroup", 1)
+        users.append(builder.connect_event(rec, proc)["user"]["id"])
+    assert users == ["0", "65534"]

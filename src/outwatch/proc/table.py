@@ -168,8 +168,8 @@ class ProcessTable:
             while image.exec_ns > h.exec_ns and image.prev is not None:
                 image = image.prev
             proc = image
-        if h.uid >= 0:
-            proc.uid = h.uid
+        if h.uid >= 0 and h.uid != proc.uid:
+            proc.uid, proc.cache = h.uid, None  # setuid since the last connect: the ECS user changes
         if not proc.probed:
             self._probe(proc)
         return proc
