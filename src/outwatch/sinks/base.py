@@ -6,8 +6,9 @@ never blocks (what it cannot send goes to its spool); a local sink (file, stdout
 makes put() wait up to FULL_WAIT for room, because the usual cause is the writer thread getting too
 little CPU while the reader runs flat out, and meanwhile the backlog waits in the kernel's ring
 buffer, which is larger than this queue. Only then is a line counted as dropped. A sink thread that
-emptied its queue lingers LINGER seconds before it sleeps, so under a steady stream it takes batches
-on its own and put() makes no system call.
+emptied its queue after a big batch lingers LINGER seconds before it sleeps, so under a steady stream
+it takes batches on its own and put() makes no system call; after a trickle it sleeps at once, so a
+lone line is written as soon as it comes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from outwatch.sinks.url import SinkSpec
 BATCH_BYTES = 256 << 10  # one write / writev / sendmsg carries at most about this much
 IOV_MAX = 1024  # Linux's limit on buffers per writev/sendmsg
 LINGER = 0.002  # after the queue drains, poll it this long before asking put() for a wake-up
+LINGER_AFTER = 8  # ... but only after a batch of at least this many lines: a trickle is woken at once
 FULL_WAIT = 1.0  # a local sink's full queue: how long put() waits for room before dropping
 LOSS_REPORT_EVERY = 60.0  # seconds between two stderr lines about lost events
 
@@ -47,6 +49,7 @@ class Sink:
         self._room = threading.Event()  # set by the sink thread each time it takes a batch
         self._stalled = False
         self._idle = False
+        self._last_batch = 0  # lines in the last batch taken
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poll = select.poll()
         self._poll.register(self._wake_fd, select.POLLIN)
@@ -113,6 +116,7 @@ class Sink:
         if lines:
             self._stalled = False
             self._room.set()
+            self._last_batch = len(lines)
         return lines
 
     def _sleep(self, timeout: float, idle: bool) -> list[tuple[int, int]]:
@@ -154,10 +158,13 @@ class Sink:
             self._reported_lost, self._reported_at = lost, time.monotonic()
 
     def _wait_for_lines(self, timeout: float) -> list[tuple[int, int]]:
-        """The queue is empty: linger (no wake-ups asked), then sleep until put() or timeout."""
-        events = self._sleep(LINGER, idle=False)
-        if self._queue or events:
-            return events
+        """The queue is empty: after a big batch, linger (no wake-ups asked: under a stream the next
+        lines are taken in a batch without a wake-up per put), then sleep until put() or timeout."""
+        if self._last_batch >= LINGER_AFTER:
+            self._last_batch = 0
+            events = self._sleep(LINGER, idle=False)
+            if self._queue or events:
+                return events
         return self._sleep(timeout, idle=True)
 
     def _main(self) -> None:
