@@ -241,13 +241,11 @@ def _top_rate_cpu(fig: Figures) -> str:
                        if r["config"] == "none" and r["workload"] == "tcp4" and r.get("gen_cores") is not None])
     full = summarize([r["cpu_us_per_connect"] for r in res.stages if r["config"] == "full mode"])
     rate = summarize([r["rate"] for r in res.floods if r["config"] == "outwatch" and r["workload"] == "tcp4"])
-    paced = [v for label, v in fig.latency.items() if label.startswith("tcp4 paced") and v]
-    if not (alone.n and full.n and rate.n and paced):
+    fastest = f"tcp4 paced {max(res.params['paced_rates']):,.0f}/s"  # the latency rows' label
+    if not (alone.n and full.n and rate.n and fig.latency.get(fastest)):
         return ""
     nproc = res.facts.get("nproc") or 0
     need = full.median * rate.median / 1e6
-    fastest = max((label for label in fig.latency if label.startswith("tcp4 paced")),
-                  key=lambda label: float(label.split()[2].replace(",", "").removesuffix("/s")))
     return (f"CPU at the TCP v4 top rate: the generator alone keeps {alone.median:.2f} of the {nproc} cores "
             f"busy (its user and system time; the kernel's loopback work for both ends is mostly charged to "
             f"it). outwatch in full mode needs {full.median:.1f} µs per connect, {need:.2f} of a core at the "

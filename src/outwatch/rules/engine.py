@@ -127,17 +127,16 @@ class RuleSet:
     def __init__(
         self,
         rules: list[Rule],
-        match: Callable[[Ctx], list[Rule]],
-        split: tuple[Callable[[Ctx], list[Rule]], Callable[[Ctx], list[Rule]]],
+        stable: Callable[[Ctx], list[Rule]],
+        volatile: Callable[[Ctx], list[Rule]],
         thresholds: Thresholds,
         disabled: dict[str, Path],
         sources: list[Path],
     ) -> None:
         self.rules = rules
-        self._match = match
-        """The generated function returning the rules that hold for an event (see conditions.py)."""
-        self._stable, self._volatile = split
-        """The same for the rules that read no VOLATILE_FIELDS, and for those that do."""
+        self._stable, self._volatile = stable, volatile
+        """Generated functions (conditions.py) returning the rules that hold for an event: of those
+        that read no VOLATILE_FIELDS, and of those that do."""
         self._order = {id(rule): i for i, rule in enumerate(rules)}
         self._remembered: dict[tuple, _Known] = {}
         self.thresholds = thresholds
@@ -161,34 +160,21 @@ class RuleSet:
             return
         ctx = Ctx(event)
         if image is None:
-            self._write(event, ctx, [(rule, "") for rule in self._match(ctx)])
+            fired = [(rule, "") for rule in (*self._stable(ctx), *self._volatile(ctx))]
+            _apply(event, self._result(ctx, fired))
             return
         known = self._known(event, image, ctx)
         volatile = self._volatile(ctx)
         if volatile:
-            self._write(event, ctx, [*known.fired, *((rule, "") for rule in volatile)])
-        elif known.result is None:
-            self._write(event, ctx, list(known.fired))
-            ow = event["outwatch"]
-            known.result = (ow["score"], ow["severity"], ow["reasons"], event.get("rule"), event.get("threat"),
-                            event["event"]["kind"])
-        else:
-            total, severity, reasons, rule, threat, kind = known.result
-            ow = event.get("outwatch")
-            if not isinstance(ow, dict):
-                ow = event["outwatch"] = {}
-            ow["score"], ow["severity"], ow["reasons"] = total, severity, list(reasons)
-            event.pop("rule", None)
-            event.pop("threat", None)
-            if rule is not None:
-                event["rule"] = rule
-            if threat is not None:
-                event["threat"] = threat
-            event["event"]["kind"] = kind
+            _apply(event, self._result(ctx, [*known.fired, *((rule, "") for rule in volatile)]))
+            return
+        if known.result is None:
+            known.result = self._result(ctx, list(known.fired))
+        _apply(event, known.result)
 
-    def _write(self, event: dict, ctx: Ctx, fired: list[tuple[Rule, str]]) -> None:
-        """Score, severity, reasons, rule.* and threat.* of the rules that held (with their sentence,
-        or "" to make it now)."""
+    def _result(self, ctx: Ctx, fired: list[tuple[Rule, str]]) -> _Result:
+        """Score, severity, reasons, rule.* and threat.* of the rules that held (each with its
+        sentence, or "" to make it now)."""
         total = 0
         for rule, _ in fired:
             total += rule.score
@@ -200,15 +186,9 @@ class RuleSet:
                     severity = rule.severity
         order = self._order
         fired.sort(key=lambda f: (-f[0].score, order[id(f[0])]))
-        ow = event.get("outwatch")
-        if not isinstance(ow, dict):
-            ow = event["outwatch"] = {}
-        ow["score"] = total
-        ow["severity"] = severity
-        ow["reasons"] = [{"rule": r.id, "score": r.score, "why": why or r.reason(ctx)} for r, why in fired]
-        event.pop("rule", None)
-        event.pop("threat", None)
+        reasons = [{"rule": r.id, "score": r.score, "why": why or r.reason(ctx)} for r, why in fired]
         positive = [r for r, _ in fired if r.score > 0]
+        rule_field = threat = None
         if positive:
             top = positive[0]
             rule_field = {"id": top.id, "name": top.name}
@@ -216,14 +196,9 @@ class RuleSet:
                 rule_field["description"] = top.description
             if top.reference:
                 rule_field["reference"] = top.reference
-            event["rule"] = rule_field
-            threat = _threat(positive)
-            if threat:
-                event["threat"] = threat
-        meta = event.get("event")
-        if not isinstance(meta, dict):
-            meta = event["event"] = {}
-        meta["kind"] = "alert" if _RANK[severity] >= _RANK[thresholds.alert] else "event"
+            threat = _threat(positive) or None
+        kind = "alert" if _RANK[severity] >= _RANK[thresholds.alert] else "event"
+        return _Result(total, severity, reasons, rule_field, threat, kind)
 
     def _known(self, event: dict, image: object, ctx: Ctx) -> _Known:
         """The rules without volatile fields that hold for this image and destination, worked out on
@@ -244,13 +219,43 @@ class RuleSet:
         return known
 
 
+@dataclass(slots=True, frozen=True)
+class _Result:
+    """One scoring, as written into the event by _apply."""
+
+    score: int
+    severity: str
+    reasons: list[dict]
+    rule: dict | None
+    threat: dict | None
+    kind: str
+
+
+def _apply(event: dict, result: _Result) -> None:
+    """Write a scoring into an event (a remembered one is shared: the event gets its own reasons list)."""
+    ow = event.get("outwatch")
+    if not isinstance(ow, dict):
+        ow = event["outwatch"] = {}
+    ow["score"], ow["severity"], ow["reasons"] = result.score, result.severity, list(result.reasons)
+    event.pop("rule", None)
+    event.pop("threat", None)
+    if result.rule is not None:
+        event["rule"] = result.rule
+    if result.threat is not None:
+        event["threat"] = result.threat
+    meta = event.get("event")
+    if not isinstance(meta, dict):
+        meta = event["event"] = {}
+    meta["kind"] = result.kind
+
+
 @dataclass(slots=True)
 class _Known:
     """What RuleSet.score remembers for one (image, destination...) key."""
 
     image: object  # held, so that the id(image) in the key cannot be reused by another object meanwhile
     fired: list[tuple[Rule, str]]  # stable rules that held, with their sentence
-    result: tuple | None = None  # the whole scoring when no volatile rule holds (the usual case)
+    result: _Result | None = None  # the whole scoring when no volatile rule holds (the usual case)
 
 
 def _threat(rules: list[Rule]) -> dict:

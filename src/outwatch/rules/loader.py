@@ -496,11 +496,9 @@ class _Loader:
         if self.errors:
             raise RulesError(sorted(self.errors, key=self._error_position))
         pairs = list(zip(exprs, rules, strict=True))
-        volatile = [_reads_volatile(expr, rule) for expr, rule in pairs]
-        match = compiler.matcher(pairs)
-        split = (compiler.matcher([p for p, v in zip(pairs, volatile, strict=True) if not v]),
-                 compiler.matcher([p for p, v in zip(pairs, volatile, strict=True) if v]))
-        return RuleSet(rules, match, split, thresholds, dict(self.disabled), self.sources)
+        stable = compiler.matcher([p for p in pairs if not _reads_volatile(*p)])
+        volatile = compiler.matcher([p for p in pairs if _reads_volatile(*p)])
+        return RuleSet(rules, stable, volatile, thresholds, dict(self.disabled), self.sources)
 
     def _error_position(self, error: str) -> tuple[int, int]:
         """(load order of the file, line) of a 'path:line: message' or 'path: message' error."""
